@@ -1,0 +1,136 @@
+"""Orbax checkpoints of a training run: params, optimizer, step, seed, data-iterator state.
+
+Layout: <workdir>/checkpoints/<step>/{params,opt_state,meta}. Orbax writes a
+step into a temporary directory and renames it when complete, so a process
+killed mid-save leaves the previous checkpoints intact.
+"""
+from __future__ import annotations
+
+import base64
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+BLEU_KEY = 'bleu'
+
+
+def _encode_iter_state(state: Any) -> Any:
+  if isinstance(state, bytes):  # grain DataLoader states are bytes; JSON wants text
+    return {'bytes_b64': base64.b64encode(state).decode('ascii')}
+  return state
+
+
+def decode_iter_state(state: Any) -> Any:
+  if isinstance(state, dict) and set(state) == {'bytes_b64'}:
+    return base64.b64decode(state['bytes_b64'])
+  return state
+
+
+class Checkpointer:
+  """Keeps the last `keep` checkpoints plus the best one by validation BLEU."""
+
+  def __init__(self, workdir: str, keep: int = 5, read_only: bool = False):
+    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    policy = policies.AnyPreservationPolicy([
+        policies.LatestN(n=keep),
+        policies.BestN(get_metric_fn=lambda m: m[BLEU_KEY], reverse=False, n=1,
+                       keep_checkpoints_without_metrics=False),
+    ])
+    # best_fn only switches on orbax's metric storage; the policy above decides what stays.
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=not read_only,
+                                           read_only=read_only, best_fn=lambda m: m[BLEU_KEY],
+                                           best_mode='max')
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=('params', 'opt_state', 'meta'))
+
+  def save(self, state, meta: dict, metrics: dict | None = None) -> None:
+    step = int(jax.device_get(state.step))
+    meta = {**meta, 'step': step}
+    if 'data_iterator' in meta:
+      meta['data_iterator'] = _encode_iter_state(meta['data_iterator'])
+    if step in self.manager.all_steps():
+      return
+    self.manager.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(state.params),
+        opt_state=ocp.args.StandardSave(state.opt_state),
+        meta=ocp.args.JsonSave(meta)),
+        metrics=None if metrics is None else {BLEU_KEY: float(metrics[BLEU_KEY])}, force=True)
+
+  def restore(self, abstract_state, step: int | None = None):
+    """(state, meta) of `step` (default: latest); abstract_state gives structure and shardings."""
+    step = self.latest_step() if step is None else step
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract_state.params),
+        opt_state=ocp.args.StandardRestore(abstract_state.opt_state),
+        meta=ocp.args.JsonRestore()))
+    meta = dict(out['meta'])
+    if 'data_iterator' in meta:
+      meta['data_iterator'] = decode_iter_state(meta['data_iterator'])
+    state = abstract_state.replace(step=np.int32(meta['step']), params=out['params'],
+                                   opt_state=out['opt_state'])
+    return state, meta
+
+  def restore_params(self, abstract_params, step: int):
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract_params)))
+    return out['params']
+
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def best_step(self) -> int | None:
+    """The step with the highest validation BLEU among the kept checkpoints."""
+    scored = [(m[BLEU_KEY], s) for s in self.all_steps()
+              if (m := self.manager.metrics(s)) is not None and BLEU_KEY in m]
+    return max(scored)[1] if scored else None
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()
+
+
+def average_params(param_trees: list) -> Any:
+  """Element-wise mean of several parameter trees (checkpoint averaging)."""
+  if not param_trees:
+    raise ValueError('average_params needs at least one parameter tree')
+  n = len(param_trees)
+  return jax.tree.map(lambda *xs: sum(x.astype(np.float32) for x in xs[1:]) / n
+                      + xs[0].astype(np.float32) / n, *param_trees)
+
+
+def select_params(checkpointer: Checkpointer, abstract_params, which: str = 'best'):
+  """Params named by `which`: 'best', 'latest', a step number, or 'average:N' (last N).
+
+  Returns (params, description). Raises FileNotFoundError when nothing fits.
+  """
+  steps = checkpointer.all_steps()
+  if not steps:
+    raise FileNotFoundError(f'no checkpoints in {checkpointer.directory}: the run has not saved '
+                            'one yet (train longer, or check --workdir)')
+  which = str(which)
+  if which == 'latest':
+    step = steps[-1]
+  elif which == 'best':
+    step = checkpointer.best_step() or steps[-1]
+  elif which.startswith('average:'):
+    n = int(which.split(':', 1)[1])
+    chosen = steps[-n:]
+    trees = [checkpointer.restore_params(abstract_params, s) for s in chosen]
+    return average_params(trees), f'average of steps {chosen}'
+  elif which.isdigit():
+    step = int(which)
+    if step not in steps:
+      raise FileNotFoundError(f'no checkpoint for step {step} in {checkpointer.directory}; '
+                              f'available: {steps}')
+  else:
+    raise ValueError(f'checkpoint {which!r}: use best, latest, a step number or average:N')
+  return checkpointer.restore_params(abstract_params, step), f'step {step}'

@@ -1,0 +1,77 @@
+"""Checks a training ConfigDict before any compute, and derives the model config."""
+from __future__ import annotations
+
+import ml_collections
+
+from transformer_jax.config import TransformerConfig
+from transformer_jax.schedules import SCHEDULES
+
+DATASETS = ('multi30k', 'wmt14')
+LANGUAGE_PAIRS = (('en', 'de'), ('de', 'en'))
+
+
+class ConfigError(ValueError):
+  """A config key is missing or holds an invalid value; the message names the key."""
+
+
+def _require(config, key: str, ok, what: str):
+  value = config
+  for part in key.split('.'):
+    if part not in value:
+      raise ConfigError(f'config key `{key}` is missing (see configs/multi30k.py for the full list)')
+    value = value[part]
+  if not ok(value):
+    raise ConfigError(f'config key `{key}` = {value!r} is invalid: {what}')
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the first bad key. Cheap: nothing is built."""
+  pos_int = lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0
+  nonneg = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+  for key in ('num_train_steps', 'batch_tokens', 'eval_every_steps', 'checkpoint_every_steps',
+              'log_every_steps', 'keep_checkpoints', 'data.vocab_size', 'data.max_length',
+              'model.d_model', 'model.num_heads', 'model.d_ff', 'optimizer.warmup_steps',
+              'eval.batch_size', 'eval.beam_size', 'eval.max_decode_length'):
+    _require(config, key, pos_int, 'must be a positive integer')
+  for key in ('seed', 'average_last_n', 'model.num_encoder_layers', 'model.num_decoder_layers',
+              'optimizer.cooldown_steps', 'eval.num_bleu_sentences'):
+    _require(config, key, lambda v: isinstance(v, int) and v >= 0, 'must be an integer >= 0')
+  for key in ('time_limit_minutes', 'optimizer.weight_decay', 'optimizer.grad_clip_norm',
+              'optimizer.eps', 'eval.alpha'):
+    _require(config, key, nonneg, 'must be a number >= 0')
+  for key in ('label_smoothing', 'model.dropout_rate', 'model.attention_dropout_rate',
+              'model.relu_dropout_rate', 'optimizer.b1', 'optimizer.b2'):
+    _require(config, key, lambda v: nonneg(v) and v < 1, 'must be in [0, 1)')
+  _require(config, 'optimizer.learning_rate_scale', lambda v: nonneg(v) and v > 0,
+           'must be > 0')
+  _require(config, 'optimizer.schedule', lambda v: v in SCHEDULES, f'valid: {SCHEDULES}')
+  _require(config, 'data.dataset', lambda v: v in DATASETS, f'valid: {DATASETS}')
+  _require(config, 'data.source_lang', lambda v: isinstance(v, str), 'must be a string')
+  _require(config, 'data.target_lang', lambda v: isinstance(v, str), 'must be a string')
+  pair = (config.data.source_lang, config.data.target_lang)
+  if pair not in LANGUAGE_PAIRS:
+    raise ConfigError(f'config keys `data.source_lang`/`data.target_lang` = {pair} is not a valid '
+                      f'language pair; valid: {", ".join("→".join(p) for p in LANGUAGE_PAIRS)}')
+  if config.batch_tokens < config.data.max_length:
+    raise ConfigError(f'config key `batch_tokens` = {config.batch_tokens} must be at least '
+                      f'`data.max_length` = {config.data.max_length} (one row)')
+  if config.optimizer.cooldown_steps > config.num_train_steps:
+    raise ConfigError('config key `optimizer.cooldown_steps` must not exceed `num_train_steps`')
+  for axis in ('data', 'fsdp', 'tensor'):
+    _require(config, f'mesh.{axis}', lambda v: isinstance(v, int) and (v == -1 or v > 0),
+             'must be a positive integer or -1 (the rest of the devices)')
+  try:
+    model_config(config, vocab_size=config.data.vocab_size)
+  except ValueError as e:
+    raise ConfigError(f'config.model: {e}') from None
+
+
+def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> TransformerConfig:
+  m = config.model
+  return TransformerConfig(
+      vocab_size=vocab_size, d_model=m.d_model, num_heads=m.num_heads, d_ff=m.d_ff,
+      num_encoder_layers=m.num_encoder_layers, num_decoder_layers=m.num_decoder_layers,
+      dropout_rate=m.dropout_rate, attention_dropout_rate=m.attention_dropout_rate,
+      relu_dropout_rate=m.relu_dropout_rate,
+      max_length=max(config.data.max_length, config.eval.max_decode_length),
+      pre_ln=m.pre_ln, dtype=m.dtype, attention_impl=m.attention_impl, remat=m.remat)

@@ -1,0 +1,47 @@
+"""Validation: loss over eval batches, and corpus BLEU of decoded translations (sacreBLEU)."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import numpy as np
+import sacrebleu
+
+from transformer_jax.train_step import summarize
+
+
+def eval_loss(eval_fn: Callable, params, batches: Sequence[dict]) -> dict:
+  """Token-averaged validation loss, nll, perplexity and accuracy."""
+  totals = None
+  for batch in batches:
+    sums = eval_fn(params, batch)
+    totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
+  return summarize(jax.device_get(totals))
+
+
+def decode_batches(decode_fn: Callable, params, inputs: Sequence[np.ndarray]) -> list[list[int]]:
+  """Token ids of every row of every batch of source ids, in order.
+
+  decode_fn(params, inputs_BS) returns tokens [B, L] or (tokens, scores).
+  """
+  pending = [decode_fn(params, x) for x in inputs]  # dispatch all before the first fetch
+  rows = []
+  for out in pending:
+    tokens = np.asarray(jax.device_get(out[0] if isinstance(out, tuple) else out))
+    rows.extend(tokens.tolist())
+  return rows
+
+
+def bleu_report(hypotheses: Sequence[str], references: Sequence[str]) -> dict:
+  """Cased detokenised sacreBLEU with its signature, plus lowercased BLEU and chrF."""
+  if len(hypotheses) != len(references):
+    raise ValueError(f'{len(hypotheses)} hypotheses but {len(references)} references')
+  refs = [list(references)]
+  cased = sacrebleu.metrics.BLEU()
+  score = cased.corpus_score(list(hypotheses), refs)
+  lower = sacrebleu.metrics.BLEU(lowercase=True).corpus_score(list(hypotheses), refs)
+  chrf_metric = sacrebleu.metrics.CHRF()
+  chrf = chrf_metric.corpus_score(list(hypotheses), refs)
+  return {'bleu': round(score.score, 2), 'bleu_lowercase': round(lower.score, 2),
+          'chrf': round(chrf.score, 2), 'bleu_signature': str(cased.get_signature()),
+          'chrf_signature': str(chrf_metric.get_signature())}

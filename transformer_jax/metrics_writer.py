@@ -1,0 +1,45 @@
+"""Metrics to <workdir>/metrics.jsonl and TensorBoard event files (tensorboardX: no TensorFlow)."""
+from __future__ import annotations
+
+import json
+import os
+
+
+class MetricsWriter:
+  """Appends one JSON object per logged step; writes the same scalars to TensorBoard."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self._tb = None
+    if enabled:
+      try:
+        from tensorboardX import SummaryWriter
+        self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+      except ImportError:  # TensorBoard files are a convenience, metrics.jsonl is the record
+        self._tb = None
+
+  def write(self, step: int, metrics: dict, prefix: str = '') -> None:
+    if not self.enabled:
+      return
+    record = {'step': int(step), **{f'{prefix}{k}': v for k, v in metrics.items()}}
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+    if self._tb is not None:
+      for k, v in record.items():
+        if k != 'step' and isinstance(v, (int, float)):
+          self._tb.add_scalar(k, v, step)
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """All records of <workdir>/metrics.jsonl (empty list when absent)."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,198 @@
+"""The training loop: train, evaluate, checkpoint, resume. Importable from notebooks.
+
+    from transformer_jax.trainer import train_and_evaluate
+    summary = train_and_evaluate(config, workdir)
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+from absl import logging
+from tqdm.auto import tqdm
+
+from transformer_jax import config_lib, decoding, evaluation, run_setup
+from transformer_jax.checkpointing import Checkpointer
+from transformer_jax.data import make_eval_batches, make_train_iterator
+from transformer_jax.metrics_writer import MetricsWriter
+from transformer_jax.train_step import eval_step, init_train_state, make_optimizer, summarize
+from transformer_jax.train_step import train_step as train_step_fn
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced a NaN/Inf loss; the last good checkpoint is left untouched."""
+
+
+class _StopSignal:
+  """Turns SIGTERM/SIGINT into a flag the loop checks between steps (then saves and exits)."""
+
+  def __init__(self):
+    self.received = None
+    self._old = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._old[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread (e.g. some notebook kernels): no handler
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    self.received = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+def _bleu(config, decode, params, eval_data, vocab) -> dict:
+  n = config.eval.num_bleu_sentences or len(eval_data.references)
+  rows = evaluation.decode_batches(decode, params, [b['inputs'] for b in eval_data.batches][
+      :math.ceil(n / config.eval.batch_size)])
+  hyps = [vocab.decode(r) for r in rows[:n]]
+  return evaluation.bleu_report(hyps, eval_data.references[:n])
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint. Returns a summary."""
+  config_lib.validate(config)
+  workdir = os.path.abspath(workdir)
+  run_setup.write_or_check_config(config, workdir)
+  sources = run_setup.load_sources(config)
+  vocab = run_setup.load_vocab(config, workdir, sources['train'])
+  src, tgt = config.data.source_lang, config.data.target_lang
+
+  model = run_setup.build_model(config, vocab.size)
+  tx, schedule = make_optimizer(config.optimizer, d_model=config.model.d_model,
+                                total_steps=config.num_train_steps)
+  graphdef, state = init_train_state(model, tx)
+  del model
+  train_iter = make_train_iterator(sources['train'], vocab, source_lang=src, target_lang=tgt,
+                                   batch_tokens=config.batch_tokens,
+                                   max_length=config.data.max_length, seed=config.seed)
+  eval_data = make_eval_batches(sources['validation'], vocab, source_lang=src, target_lang=tgt,
+                                batch_size=config.eval.batch_size,
+                                max_length=config.data.max_length)
+
+  checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
+  meta = {'train_seconds': 0.0, 'best_bleu': None}
+  if checkpointer.latest_step() is not None:
+    state, meta = checkpointer.restore(state)
+    train_iter.set_state(meta['data_iterator'])
+    logging.info('Resumed from step %d in %s', meta['step'], checkpointer.directory)
+  dropout_key = jax.random.key(config.seed)
+
+  step_fn = jax.jit(functools.partial(train_step_fn, graphdef=graphdef, tx=tx, schedule=schedule,
+                                      label_smoothing=config.label_smoothing), donate_argnums=0)
+  eval_fn = jax.jit(functools.partial(eval_step, graphdef=graphdef,
+                                      label_smoothing=config.label_smoothing))
+  decode = decoding.make_decoder(graphdef, decoding.beam_search, beam_size=config.eval.beam_size,
+                                 alpha=config.eval.alpha, max_length=config.eval.max_decode_length)
+  writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
+
+  def save(metrics=None):
+    if not _all_finite(last_metrics):
+      raise NonFiniteLossError(_nan_message(int(state.step)))
+    checkpointer.save(state, {**meta, 'data_iterator': train_iter.get_state()}, metrics)
+
+  first_step = int(state.step)
+  last_metrics = None  # device metrics of the newest dispatched step, fetched one step late
+  window, window_start, train_start = [], time.perf_counter(), time.perf_counter()
+  seconds_before = meta['train_seconds']
+  bar = tqdm(total=config.num_train_steps, initial=first_step, desc='train', unit='step',
+             disable=jax.process_index() != 0, dynamic_ncols=True)
+  stopped_by = None
+  with _StopSignal() as stop:
+    for step in range(first_step, config.num_train_steps):
+      batch = next(train_iter)
+      previous = last_metrics
+      state, last_metrics = step_fn(state, batch, dropout_key)
+      if previous is not None:
+        window.append(_check_finite(jax.device_get(previous), step))
+      bar.update(1)
+      done = step + 1
+      meta['train_seconds'] = seconds_before + time.perf_counter() - train_start
+      if done % config.log_every_steps == 0 and window:
+        logged = _log_window(window, time.perf_counter() - window_start)
+        writer.write(done - 1, logged)
+        bar.set_postfix(loss=f"{logged['loss']:.3f}", lr=f"{logged['learning_rate']:.2e}",
+                        tok_s=f"{logged['target_tokens_per_s']:.0f}")
+        window, window_start = [], time.perf_counter()
+      time_up = (config.time_limit_minutes
+                 and meta['train_seconds'] >= 60 * config.time_limit_minutes)
+      if stop.received or time_up:
+        stopped_by = stop.received or 'time_limit_minutes'
+        break
+      if done % config.eval_every_steps == 0 or done == config.num_train_steps:
+        eval_start = time.perf_counter()
+        results = _evaluate(config, eval_fn, decode, state.params, eval_data, vocab)
+        results['train_minutes'] = meta['train_seconds'] / 60
+        meta['best_bleu'] = max(meta['best_bleu'] or 0.0, results['bleu'])
+        writer.write(done, results, prefix='eval_')
+        logging.info('step %d: %s (eval took %.1fs)', done, results,
+                     time.perf_counter() - eval_start)
+        bar.write(f"step {done}: val loss {results['loss']:.3f}  BLEU {results['bleu']:.2f}  "
+                  f"({results['train_minutes']:.1f} train min)")
+        save(results)
+        train_start, seconds_before = time.perf_counter(), meta['train_seconds']
+        window_start = time.perf_counter()
+      elif done % config.checkpoint_every_steps == 0:
+        save()
+    if stopped_by:
+      save()
+  bar.close()
+  checkpointer.wait()
+  summary = {'step': int(state.step), 'train_minutes': round(meta['train_seconds'] / 60, 2),
+             'best_bleu': meta['best_bleu'], 'best_step': checkpointer.best_step(),
+             'stopped_by': stopped_by}
+  writer.write(int(state.step), summary, prefix='summary_')
+  writer.close()
+  checkpointer.close()
+  print(f"done: step {summary['step']}, {summary['train_minutes']} train min, best val BLEU "
+        f"{summary['best_bleu']} (step {summary['best_step']})"
+        + (f', stopped by {stopped_by}' if stopped_by else ''))
+  return summary
+
+
+def quiet_libraries() -> None:
+  """orbax and tfds log every file they touch at INFO; keep the console for the progress bar."""
+  import logging as std_logging
+  logging.set_verbosity(logging.WARNING)
+  for name in ('orbax', 'absl', 'tensorflow_datasets', 'jax'):
+    std_logging.getLogger(name).setLevel(std_logging.WARNING)
+
+
+def _evaluate(config, eval_fn, decode, params, eval_data, vocab) -> dict:
+  results = evaluation.eval_loss(eval_fn, params, eval_data.batches)
+  results.update(_bleu(config, decode, params, eval_data, vocab))
+  return results
+
+
+def _log_window(window, seconds) -> dict:
+  totals = {k: sum(float(m[k]) for m in window) for k in ('loss_sum', 'nll_sum', 'correct_sum',
+                                                          'num_tokens')}
+  totals.update(learning_rate=window[-1]['learning_rate'], grad_norm=window[-1]['grad_norm'])
+  logged = summarize(totals)
+  logged['target_tokens_per_s'] = totals['num_tokens'] / max(seconds, 1e-9)
+  return logged
+
+
+def _nan_message(step: int) -> str:
+  return (f'non-finite loss at step {step}: training stopped; the last good checkpoint is kept. '
+          'Lower optimizer.learning_rate_scale, set optimizer.grad_clip_norm, or check the data.')
+
+
+def _all_finite(device_metrics) -> bool:
+  return device_metrics is None or bool(np.isfinite(float(jax.device_get(device_metrics)['loss_sum'])))
+
+
+def _check_finite(metrics, step: int) -> dict:
+  if not np.isfinite(float(metrics['loss_sum'])):
+    raise NonFiniteLossError(_nan_message(step))
+  return metrics
