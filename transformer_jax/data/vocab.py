@@ -58,6 +58,10 @@ class Vocab:
         kept.append(token)
     return self._processor.decode(kept)
 
+  def id_to_piece(self, token: int) -> str:
+    """The subword piece of one id (for axis labels of attention maps)."""
+    return self._processor.id_to_piece(int(token))
+
   def normalize(self, text: str) -> str:
     """`text` as the model sees it (NFKC, single spaces) = `decode(encode(text))`."""
     # SentencePiece writes spaces as U+2581 and puts one in front of the text.

@@ -1,0 +1,117 @@
+"""Translate with a trained work directory: `Translator(workdir).translate(['A man runs.'])`."""
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Sequence
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from jax.sharding import SingleDeviceSharding
+
+from transformer_jax import decoding, run_setup, sharding
+from transformer_jax.checkpointing import Checkpointer, select_params
+
+
+class VocabularyMismatchError(ValueError):
+  """The work directory's vocabulary is not the one its checkpoint was trained with."""
+
+
+def file_sha256(path: str) -> str:
+  with open(path, 'rb') as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
+def _bucket(n: int, multiple: int = 16) -> int:
+  """Pad lengths to a multiple of 16 so a file compiles a handful of shapes, not one per batch."""
+  return max(multiple, math.ceil(n / multiple) * multiple)
+
+
+class Translator:
+  """A trained model plus its vocabulary, ready to translate lists of sentences.
+
+  Args:
+    workdir: a work directory written by train.py (config.json, vocab/, checkpoints/).
+    checkpoint: 'best' (highest validation BLEU), 'latest', a step, or 'average:N'.
+  """
+
+  def __init__(self, workdir: str, checkpoint: str = 'best'):
+    self.config = run_setup.read_config(workdir)
+    self.vocab = run_setup.load_vocab(self.config, workdir)
+    self.graphdef, abstract = run_setup.abstract_model(self.config, self.vocab.size)
+    device = SingleDeviceSharding(jax.devices()[0])
+    target = sharding.with_shardings(abstract, jax.tree.map(lambda _: device, abstract))
+    checkpointer = Checkpointer(workdir, read_only=True)
+    self._check_vocab(checkpointer)
+    self.params, self.checkpoint_description = select_params(checkpointer, target, checkpoint)
+    self.max_length = self.config.model.get('max_length', None) or max(
+        self.config.data.max_length, self.config.eval.max_decode_length)
+    self._decoders = {}
+    self.num_truncated = 0
+
+  def _check_vocab(self, checkpointer: Checkpointer) -> None:
+    steps = checkpointer.all_steps()
+    if not steps:
+      return  # select_params raises the clear "no checkpoints" error
+    meta = checkpointer.manager.restore(steps[-1], args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))['meta']
+    expected = meta.get('vocab_sha256')
+    if expected and expected != file_sha256(self.vocab.path):
+      raise VocabularyMismatchError(
+          f'{self.vocab.path} is not the vocabulary the checkpoints in {checkpointer.directory} '
+          'were trained with (sha256 differs): restore the run\'s own vocab/spm.model')
+    if meta.get('vocab_size', self.vocab.size) != self.vocab.size:
+      raise VocabularyMismatchError(
+          f'{self.vocab.path} has {self.vocab.size} pieces but the checkpoint was trained with '
+          f'{meta["vocab_size"]}: restore the run\'s own vocab/spm.model')
+
+  def _decoder(self, beam_size: int, alpha: float, max_length: int):
+    key = (beam_size, alpha, max_length)
+    if key not in self._decoders:
+      if beam_size == 1:
+        fn = decoding.make_decoder(self.graphdef, decoding.greedy_decode, max_length=max_length)
+      else:
+        fn = decoding.make_decoder(self.graphdef, decoding.beam_search, beam_size=beam_size,
+                                   alpha=alpha, max_length=max_length)
+      self._decoders[key] = fn
+    return self._decoders[key]
+
+  def encode_sources(self, sentences: Sequence[str]) -> list[list[int]]:
+    """Token ids + EOS per sentence; longer than the model's max length is truncated (counted)."""
+    keep = self.max_length - 1
+    ids = [self.vocab.encode(s) if s.strip() else [] for s in sentences]
+    truncated = sum(len(x) > keep for x in ids)
+    if truncated:
+      logging.warning('%d of %d sentences are longer than %d tokens and were truncated',
+                      truncated, len(ids), keep)
+    self.num_truncated = truncated
+    return [x[:keep] + [self.vocab.eos_id] if x else [] for x in ids]
+
+  def translate(self, sentences: Sequence[str], *, beam_size: int = 4, alpha: float = 0.6,
+                batch_size: int = 64, max_length: int | None = None,
+                progress=None) -> list[str]:
+    """Translations in input order; empty inputs give empty outputs.
+
+    Sentences are sorted by length into batches (less padding) and put back in
+    order. `progress`, if given, is called with the number of sentences done.
+    """
+    sources = self.encode_sources(sentences)
+    out = [''] * len(sources)
+    order = sorted((i for i, s in enumerate(sources) if s), key=lambda i: len(sources[i]))
+    for start in range(0, len(order), batch_size):
+      idx = order[start:start + batch_size]
+      src_len = _bucket(max(len(sources[i]) for i in idx))
+      inputs = np.zeros((batch_size, src_len), np.int32)
+      for row, i in enumerate(idx):
+        inputs[row, :len(sources[i])] = sources[i]
+      decode_len = min(max_length or self.max_length, self.max_length,
+                       _bucket(int(src_len * 1.5) + 10))
+      result = self._decoder(beam_size, alpha, decode_len)(self.params, inputs)
+      tokens = np.asarray(jax.device_get(result[0] if isinstance(result, tuple) else result))
+      for row, i in enumerate(idx):
+        out[i] = self.vocab.decode(tokens[row].tolist())
+      if progress is not None:
+        progress(len(idx))
+    return out

@@ -1,0 +1,86 @@
+"""Translate a file (or stdin) with a trained work directory; optionally score it.
+
+  python translate.py --workdir runs/multi30k_en_de --input val.en --output val.hyp.de \
+      --reference val.de
+One output line per input line, in order. Scores (cased sacreBLEU with its
+signature, lowercased BLEU, chrF) go to stderr, or to --score_file as JSON.
+"""
+import json
+import os
+import sys
+import time
+
+from absl import app, flags
+
+flags.DEFINE_string('workdir', None, 'Work directory written by train.py.', required=True)
+flags.DEFINE_string('input', '-', 'Source sentences, one per line; - = stdin.')
+flags.DEFINE_string('output', '-', 'Where translations go, one per line; - = stdout.')
+flags.DEFINE_integer('beam_size', 4, 'Beam size; 1 = greedy.', lower_bound=1)
+flags.DEFINE_float('alpha', 0.6, 'GNMT length penalty exponent: ((5+len)/6)^alpha.', lower_bound=0)
+flags.DEFINE_integer('batch_size', 64, 'Sentences decoded together.', lower_bound=1)
+flags.DEFINE_integer('max_length', None, 'Longest translation in tokens (default: the model\'s).')
+flags.DEFINE_string('checkpoint', 'best', 'best | latest | <step> | average:N')
+flags.DEFINE_string('reference', None, 'Reference translations; prints sacreBLEU scores.')
+flags.DEFINE_string('score_file', None, 'Write the scores as JSON here instead of stderr.')
+FLAGS = flags.FLAGS
+
+
+def _read_lines(path: str, flag: str) -> list[str]:
+  if path == '-':
+    return [line.rstrip('\n') for line in sys.stdin]
+  if not os.path.exists(path):
+    raise app.UsageError(f'--{flag}={path}: file not found')
+  try:
+    with open(path, encoding='utf-8') as f:
+      return [line.rstrip('\n') for line in f]
+  except UnicodeDecodeError as e:
+    raise app.UsageError(f'--{flag}={path}: not valid UTF-8 ({e})') from None
+
+
+def main(argv):
+  del argv
+  from tqdm.auto import tqdm
+  from transformer_jax.evaluation import bleu_report
+  from transformer_jax.trainer import quiet_libraries
+  from transformer_jax.translator import Translator
+  quiet_libraries()
+  sources = _read_lines(FLAGS.input, 'input')
+  references = None
+  if FLAGS.reference:
+    references = _read_lines(FLAGS.reference, 'reference')
+    if len(references) != len(sources):
+      raise app.UsageError(f'--reference={FLAGS.reference} has {len(references)} lines but '
+                           f'--input has {len(sources)}: they must align line by line')
+  try:
+    translator = Translator(FLAGS.workdir, checkpoint=FLAGS.checkpoint)
+  except (FileNotFoundError, ValueError) as e:
+    raise app.UsageError(f'--workdir={FLAGS.workdir}: {e}') from None
+  start = time.perf_counter()
+  with tqdm(total=len(sources), unit='sent', disable=FLAGS.input == '-', file=sys.stderr) as bar:
+    hyps = translator.translate(sources, beam_size=FLAGS.beam_size, alpha=FLAGS.alpha,
+                                batch_size=FLAGS.batch_size, max_length=FLAGS.max_length,
+                                progress=bar.update)
+  seconds = time.perf_counter() - start
+  text = ''.join(h + '\n' for h in hyps)
+  if FLAGS.output == '-':
+    sys.stdout.write(text)
+  else:  # write-then-rename: an interrupted run never leaves a half-written output
+    tmp = FLAGS.output + '.tmp'
+    with open(tmp, 'w', encoding='utf-8') as f:
+      f.write(text)
+    os.replace(tmp, FLAGS.output)
+  print(f'translated {len(sources)} lines in {seconds:.1f}s with {translator.checkpoint_description}'
+        + (f' ({translator.num_truncated} truncated)' if translator.num_truncated else ''),
+        file=sys.stderr)
+  if references is not None:
+    scores = {**bleu_report(hyps, references), 'seconds': round(seconds, 2),
+              'checkpoint': translator.checkpoint_description}
+    if FLAGS.score_file:
+      with open(FLAGS.score_file, 'w') as f:
+        json.dump(scores, f, indent=2)
+    else:
+      print(json.dumps(scores, indent=2), file=sys.stderr)
+
+
+if __name__ == '__main__':
+  app.run(main)
