@@ -6,18 +6,30 @@ All logic lives in transformer_jax.trainer so notebooks can call it too.
 from absl import app, flags
 from ml_collections import config_flags
 
+from transformer_jax.sharding import maybe_initialize_distributed
 from transformer_jax.trainer import quiet_libraries, train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/multi30k.py',
                                           'Training configuration file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/multi30k_en_de',
                                'Run directory: checkpoints, vocabulary, metrics. Reused to resume.')
+_MULTIHOST = flags.DEFINE_bool('multihost', False, 'Start jax.distributed from the cluster '
+                               'environment (TPU pod, SLURM, ...) before training.')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None,
+                                   'host:port of process 0, for multi-process runs.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in a multi-process run.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\'s index, 0-based.')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   quiet_libraries()
+  if _MULTIHOST.value and not _COORDINATOR.value:
+    import jax
+    jax.distributed.initialize()
+  else:
+    maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

@@ -12,11 +12,12 @@ from transformer_jax.train_step import summarize
 
 def eval_loss(eval_fn: Callable, params, batches: Sequence[dict]) -> dict:
   """Token-averaged validation loss, nll, perplexity and accuracy."""
+  from transformer_jax.trainer import to_host
   totals = None
   for batch in batches:
     sums = eval_fn(params, batch)
     totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
-  return summarize(jax.device_get(totals))
+  return summarize(to_host(totals))
 
 
 def decode_batches(decode_fn: Callable, params, inputs: Sequence[np.ndarray]) -> list[list[int]]:
@@ -24,10 +25,11 @@ def decode_batches(decode_fn: Callable, params, inputs: Sequence[np.ndarray]) ->
 
   decode_fn(params, inputs_BS) returns tokens [B, L] or (tokens, scores).
   """
+  from transformer_jax.trainer import to_host
   pending = [decode_fn(params, x) for x in inputs]  # dispatch all before the first fetch
   rows = []
   for out in pending:
-    tokens = np.asarray(jax.device_get(out[0] if isinstance(out, tuple) else out))
+    tokens = np.asarray(to_host(out[0] if isinstance(out, tuple) else out))
     rows.extend(tokens.tolist())
   return rows
 

@@ -68,18 +68,28 @@ def load_sources(config, splits=('train', 'validation')):
   return {s: load_multi30k(s, data_dir, manual_dir) for s in splits}
 
 
-def load_vocab(config, workdir: str, train_source=None):
+def load_vocab(config, workdir: str, train_source=None, wait_for_chief: bool = False):
+  """The run's vocabulary: trained from train_source if given and absent, else read.
+
+  wait_for_chief: multi-process runs let process 0 train it; the others wait at a barrier.
+  """
   from transformer_jax.data import load_or_train_vocab
   from transformer_jax.data.vocab import Vocab, MODEL_FILENAME
   path = os.path.join(workdir, VOCAB_DIR, MODEL_FILENAME)
-  if train_source is None:
-    if not os.path.exists(path):
-      raise FileNotFoundError(f'{path} not found: the run in {workdir} has not written its '
-                              'vocabulary (it is trained at the start of train.py)')
-    return Vocab(path)
-  return load_or_train_vocab(train_source, os.path.join(workdir, VOCAB_DIR),
-                             vocab_size=config.data.vocab_size,
-                             languages=(config.data.source_lang, config.data.target_lang))
+  vocab = None
+  if train_source is not None:
+    vocab = load_or_train_vocab(train_source, os.path.join(workdir, VOCAB_DIR),
+                                vocab_size=config.data.vocab_size,
+                                languages=(config.data.source_lang, config.data.target_lang))
+  if wait_for_chief:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices('vocabulary written')
+  if vocab is not None:
+    return vocab
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} not found: the run in {workdir} has not written its '
+                            'vocabulary (it is trained at the start of train.py)')
+  return Vocab(path)
 
 
 def build_model(config, vocab_size: int) -> Transformer:

@@ -16,12 +16,15 @@ import numpy as np
 from absl import logging
 from tqdm.auto import tqdm
 
-from transformer_jax import config_lib, decoding, evaluation, run_setup
+from jax.experimental import multihost_utils
+
+from transformer_jax import config_lib, decoding, evaluation, run_setup, sharding
 from transformer_jax.checkpointing import Checkpointer
 from transformer_jax.data import make_eval_batches, make_train_iterator
 from transformer_jax.metrics_writer import MetricsWriter
 from transformer_jax.train_step import eval_step, init_train_state, make_optimizer, summarize
 from transformer_jax.train_step import train_step as train_step_fn
+from transformer_jax.translator import file_sha256
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -63,9 +66,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Trains `config` in `workdir`, resuming from its latest checkpoint. Returns a summary."""
   config_lib.validate(config)
   workdir = os.path.abspath(workdir)
-  run_setup.write_or_check_config(config, workdir)
+  mesh = sharding.make_mesh(config.mesh)
+  rows = config.batch_tokens // config.data.max_length
+  sharding.check_batch_rows(rows, mesh)
+  sharding.check_batch_rows(config.eval.batch_size, mesh)
+  is_chief = jax.process_index() == 0
+  if is_chief:  # one writer for config.json and the vocabulary; the others wait, then read
+    run_setup.write_or_check_config(config, workdir)
   sources = run_setup.load_sources(config)
-  vocab = run_setup.load_vocab(config, workdir, sources['train'])
+  vocab = run_setup.load_vocab(config, workdir, sources['train'] if is_chief else None,
+                               wait_for_chief=jax.process_count() > 1)
   src, tgt = config.data.source_lang, config.data.target_lang
 
   model = run_setup.build_model(config, vocab.size)
@@ -73,28 +83,39 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                 total_steps=config.num_train_steps)
   graphdef, state = init_train_state(model, tx)
   del model
+  state_sh = sharding.state_shardings(state, tx, mesh)
+  state = jax.device_put(state, state_sh)
+  # Each process reads its own shard of the data and feeds its rows of the global batch.
   train_iter = make_train_iterator(sources['train'], vocab, source_lang=src, target_lang=tgt,
-                                   batch_tokens=config.batch_tokens,
-                                   max_length=config.data.max_length, seed=config.seed)
+                                   batch_tokens=config.batch_tokens // jax.process_count(),
+                                   max_length=config.data.max_length, seed=config.seed,
+                                   shard_index=jax.process_index(),
+                                   shard_count=jax.process_count())
   eval_data = make_eval_batches(sources['validation'], vocab, source_lang=src, target_lang=tgt,
                                 batch_size=config.eval.batch_size,
                                 max_length=config.data.max_length)
 
   checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
-  meta = {'train_seconds': 0.0, 'best_bleu': None}
+  meta = {'train_seconds': 0.0, 'best_bleu': None, 'vocab_size': vocab.size,
+          'vocab_sha256': file_sha256(vocab.path)}
   if checkpointer.latest_step() is not None:
-    state, meta = checkpointer.restore(state)
+    state, meta = checkpointer.restore(sharding.with_shardings(state, state_sh))
+    state = state.replace(step=jax.device_put(state.step, state_sh.step))
     train_iter.set_state(meta['data_iterator'])
     logging.info('Resumed from step %d in %s', meta['step'], checkpointer.directory)
   dropout_key = jax.random.key(config.seed)
 
+  batch_sh = sharding.batch_sharding(mesh)
   step_fn = jax.jit(functools.partial(train_step_fn, graphdef=graphdef, tx=tx, schedule=schedule,
-                                      label_smoothing=config.label_smoothing), donate_argnums=0)
+                                      label_smoothing=config.label_smoothing),
+                    in_shardings=(state_sh, batch_sh, None), out_shardings=(state_sh, None),
+                    donate_argnums=0)
   eval_fn = jax.jit(functools.partial(eval_step, graphdef=graphdef,
                                       label_smoothing=config.label_smoothing))
   decode = decoding.make_decoder(graphdef, decoding.beam_search, beam_size=config.eval.beam_size,
                                  alpha=config.eval.alpha, max_length=config.eval.max_decode_length)
-  writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
+  writer = MetricsWriter(workdir, enabled=is_chief)
+  eval_data.batches = [sharding.global_batch(_local_rows(b), mesh) for b in eval_data.batches]
 
   def save(metrics=None):
     if not _all_finite(last_metrics):
@@ -106,15 +127,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
   window, window_start, train_start = [], time.perf_counter(), time.perf_counter()
   seconds_before = meta['train_seconds']
   bar = tqdm(total=config.num_train_steps, initial=first_step, desc='train', unit='step',
-             disable=jax.process_index() != 0, dynamic_ncols=True)
+             disable=not is_chief, dynamic_ncols=True)
   stopped_by = None
   with _StopSignal() as stop:
     for step in range(first_step, config.num_train_steps):
-      batch = next(train_iter)
+      batch = sharding.global_batch(next(train_iter), mesh)
       previous = last_metrics
       state, last_metrics = step_fn(state, batch, dropout_key)
       if previous is not None:
-        window.append(_check_finite(jax.device_get(previous), step))
+        window.append(_check_finite(to_host(previous), step))
       bar.update(1)
       done = step + 1
       meta['train_seconds'] = seconds_before + time.perf_counter() - train_start
@@ -183,13 +204,27 @@ def _log_window(window, seconds) -> dict:
   return logged
 
 
+def to_host(tree):
+  """NumPy values of (possibly multi-host) arrays; every process gets the whole value."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def _local_rows(batch: dict) -> dict:
+  """This process's slice of an eval batch that every process holds in full."""
+  n, i = jax.process_count(), jax.process_index()
+  rows = next(iter(batch.values())).shape[0] // n
+  return {k: v[i * rows:(i + 1) * rows] for k, v in batch.items()}
+
+
 def _nan_message(step: int) -> str:
   return (f'non-finite loss at step {step}: training stopped; the last good checkpoint is kept. '
           'Lower optimizer.learning_rate_scale, set optimizer.grad_clip_norm, or check the data.')
 
 
 def _all_finite(device_metrics) -> bool:
-  return device_metrics is None or bool(np.isfinite(float(jax.device_get(device_metrics)['loss_sum'])))
+  return device_metrics is None or bool(np.isfinite(float(to_host(device_metrics)['loss_sum'])))
 
 
 def _check_finite(metrics, step: int) -> dict:
