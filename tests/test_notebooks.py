@@ -1,0 +1,147 @@
+"""The notebooks run top to bottom, and each committed .ipynb holds the cells of its .py source.
+
+Notebooks are executed from their jupytext `.py` sources (the reviewed text) in a kernel of the
+current interpreter, with cwd = notebooks/. `02_translate_multi30k` runs in smoke mode
+(`TRANSFORMER_JAX_NOTEBOOK_SMOKE=1`: tiny model, a few hundred sentence pairs written here).
+"""
+import json
+import os
+from pathlib import Path
+import shutil
+import sys
+import time
+
+import numpy as np
+import pytest
+
+jupytext = pytest.importorskip('jupytext')
+nbclient = pytest.importorskip('nbclient')
+nbformat = pytest.importorskip('nbformat')
+pytest.importorskip('ipykernel')
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / 'notebooks'
+SOURCES = sorted(NOTEBOOKS.glob('[0-9][0-9]_*.py'))
+KERNEL = 'transformer-jax-tests'
+FIGURES = ('training_curves.png', 'cross_attention.png')
+PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
+
+
+@pytest.fixture
+def kernel(tmp_path, monkeypatch):
+  """A kernelspec that runs this interpreter, found through JUPYTER_PATH.
+
+  The kernel inherits the environment; XLA compiles without LLVM optimisation there (as in
+  test_sharding.py): the notebooks are dominated by compiling small programs, not running them.
+  """
+  flags = os.environ.get('XLA_FLAGS', '')
+  if 'xla_backend_optimization_level' not in flags:
+    monkeypatch.setenv('XLA_FLAGS', f'{flags} --xla_backend_optimization_level=0'.strip())
+  spec_dir = tmp_path / 'jupyter' / 'kernels' / KERNEL
+  spec_dir.mkdir(parents=True)
+  (spec_dir / 'kernel.json').write_text(json.dumps({
+      'argv': [sys.executable, '-m', 'ipykernel_launcher', '-f', '{connection_file}'],
+      'display_name': KERNEL, 'language': 'python'}))
+  monkeypatch.setenv('JUPYTER_PATH', str(tmp_path / 'jupyter'))
+  return KERNEL
+
+
+def _execute(name: str, kernel_name: str):
+  """Runs notebooks/<name>.py top to bottom; returns (executed notebook, seconds)."""
+  nb = jupytext.read(NOTEBOOKS / f'{name}.py')
+  client = nbclient.NotebookClient(nb, kernel_name=kernel_name, timeout=600,
+                                   resources={'metadata': {'path': str(NOTEBOOKS)}})
+  start = time.perf_counter()
+  client.execute()  # raises CellExecutionError, with the cell and its traceback, on any error
+  seconds = time.perf_counter() - start
+  print(f'{name}: {seconds:.1f} s')
+  return nb, seconds
+
+
+def _stdout(cell) -> str:
+  return ''.join(o.get('text', '') for o in cell.get('outputs', []) if o.output_type == 'stream')
+
+
+def _synthetic_pairs(count: int, seed: int):
+  """Word-aligned toy sentence pairs (line i of .de translates line i of .en word for word)."""
+  en = 'a dog cat man woman child runs jumps sits on the in red blue green park street ball'
+  de = ('ein Hund Katze Mann Frau Kind läuft springt sitzt auf dem im rot blau grün Park '
+        'Straße Ball')
+  en_words, de_words = en.split(), de.split()
+  rng = np.random.default_rng(seed)
+  pairs = []
+  for _ in range(count):
+    idx = rng.integers(0, len(en_words), size=rng.integers(3, 9))
+    pairs.append((' '.join(en_words[j] for j in idx) + ' .',
+                  ' '.join(de_words[j] for j in idx) + ' .'))
+  return pairs
+
+
+def _write_fixture(directory: Path, num_train: int = 300, num_val: int = 40) -> Path:
+  """train/val .en/.de files: the first lines of $MULTI30K_DIR's files if set, else synthetic."""
+  directory.mkdir()
+  real = os.environ.get('MULTI30K_DIR')
+  names = [f'{stem}.{lang}' for stem in ('train', 'val') for lang in ('en', 'de')]
+  if real and all(Path(real, n).is_file() for n in names):
+    for name in names:
+      count = num_train if name.startswith('train') else num_val
+      with open(Path(real, name), encoding='utf-8') as f:
+        lines = [next(f) for _ in range(count)]
+      (directory / name).write_text(''.join(lines), encoding='utf-8')
+  else:
+    for stem, pairs in (('train', _synthetic_pairs(num_train, 0)),
+                        ('val', _synthetic_pairs(num_val, 1))):
+      for k, lang in enumerate(('en', 'de')):
+        (directory / f'{stem}.{lang}').write_text(''.join(p[k] + '\n' for p in pairs),
+                                                  encoding='utf-8')
+  return directory
+
+
+@pytest.mark.slow
+def test_self_attention_notebook_runs_and_matches_the_module(kernel):
+  nb, _ = _execute('01_self_attention', kernel)
+  code = [c for c in nb.cells if c.cell_type == 'code']
+  assert all(c.execution_count for c in code), 'a cell did not run'
+  check = [c for c in code if 'CHECK PASSED' in c.source]
+  assert len(check) == 1 and 'assert_allclose(y_BTD' in check[0].source
+  assert 'CHECK PASSED: MultiHeadAttention reproduces' in _stdout(check[0])
+  assert sum('image/png' in o.get('data', {}) for c in code for o in c.outputs) >= 5
+
+
+@pytest.mark.slow
+def test_translate_notebook_trains_translates_and_saves_figures(kernel, tmp_path, monkeypatch):
+  figures = tmp_path / 'figures'
+  monkeypatch.setenv('TRANSFORMER_JAX_NOTEBOOK_SMOKE', '1')
+  monkeypatch.setenv('MULTI30K_DIR', str(_write_fixture(tmp_path / 'multi30k')))
+  monkeypatch.setenv('TRANSFORMER_JAX_FIGURE_DIR', str(figures))
+  monkeypatch.setenv('TRANSFORMER_JAX_NOTEBOOK_WORKDIR', str(tmp_path / 'run'))
+  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path / 'tfds'))  # never touch ~/tensorflow_datasets
+  nb, _ = _execute('02_translate_multi30k', kernel)
+  for name in FIGURES:
+    path = figures / name
+    assert path.is_file() and path.stat().st_size > 1000, name
+    assert path.read_bytes()[:8] == PNG_MAGIC, name
+  printed = '\n'.join(_stdout(c) for c in nb.cells if c.cell_type == 'code')
+  assert 'validation BLEU = ' in printed
+  assert 'greedy ' in printed and 'beam 4 ' in printed
+  assert (tmp_path / 'run' / 'metrics.jsonl').is_file()
+  shutil.rmtree(tmp_path / 'run', ignore_errors=True)  # checkpoints are the bulk of tmp_path
+
+
+@pytest.mark.parametrize('source', SOURCES, ids=[p.stem for p in SOURCES])
+def test_ipynb_is_in_sync_with_its_py_source_and_has_no_outputs(source):
+  paired = source.with_suffix('.ipynb')
+  assert paired.is_file(), f'{paired.name} missing: run `jupytext --sync notebooks/*.ipynb`'
+  from_py = jupytext.read(source)
+  from_ipynb = nbformat.read(paired, as_version=4)
+  cells = lambda nb: [(c.cell_type, c.source) for c in nb.cells]
+  assert cells(from_ipynb) == cells(from_py), (
+      f'{paired.name} and {source.name} differ: run `jupytext --sync notebooks/*.ipynb`')
+  assert 'py:percent' in from_ipynb.metadata.get('jupytext', {}).get('formats', '')
+  for cell in from_ipynb.cells:
+    if cell.cell_type == 'code':
+      assert not cell.outputs and cell.execution_count is None, (
+          f'{paired.name} holds outputs: strip them before committing')
+
+
+def test_both_notebooks_are_present():
+  assert [p.stem for p in SOURCES] == ['01_self_attention', '02_translate_multi30k']
