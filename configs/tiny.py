@@ -19,7 +19,10 @@ def get_config():
   config.model.num_decoder_layers = 1
   config.model.dropout_rate = 0.1
   config.optimizer.warmup_steps = 10
+  config.optimizer.schedule = 'rsqrt_cooldown'
   config.optimizer.cooldown_steps = 10
+  config.average_last_n = 0
+  config.time_limit_minutes = 0.0
   config.optimizer.learning_rate_scale = 2.0
   config.eval.batch_size = 16
   config.eval.beam_size = 2

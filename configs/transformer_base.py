@@ -28,6 +28,8 @@ def get_config():
   config.optimizer.learning_rate_scale = 1.0
   config.optimizer.warmup_steps = 4000
   config.optimizer.cooldown_steps = 0
+  config.optimizer.grad_clip_norm = 0.0
+  config.time_limit_minutes = 0.0
   config.eval.batch_size = 256
   config.eval.max_decode_length = 256
   config.eval.num_bleu_sentences = 0

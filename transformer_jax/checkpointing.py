@@ -41,9 +41,11 @@ class Checkpointer:
                        keep_checkpoints_without_metrics=False),
     ])
     # best_fn only switches on orbax's metric storage; the policy above decides what stays.
+    # cleanup_tmp_directories: a process killed mid-save leaves <step>.orbax-checkpoint-tmp
+    # behind (a checkpoint's size each); the resuming run deletes them.
     options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=not read_only,
                                            read_only=read_only, best_fn=lambda m: m[BLEU_KEY],
-                                           best_mode='max')
+                                           best_mode='max', cleanup_tmp_directories=not read_only)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=('params', 'opt_state', 'meta'))
 

@@ -45,7 +45,7 @@ class TransformerConfig:
     if self.d_model % self.num_heads:
       raise ValueError(f'TransformerConfig.d_model={self.d_model} must be divisible by '
                        f'num_heads={self.num_heads}')
-    if (self.d_model // self.num_heads) % 1 or self.d_model % 2:
+    if self.d_model % 2:  # sinusoidal positions pair a sine and a cosine channel
       raise ValueError(f'TransformerConfig.d_model must be even, got {self.d_model}')
     for name in ('dropout_rate', 'attention_dropout_rate', 'relu_dropout_rate'):
       if not 0.0 <= getattr(self, name) < 1.0:

@@ -55,8 +55,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.batch_tokens < config.data.max_length:
     raise ConfigError(f'config key `batch_tokens` = {config.batch_tokens} must be at least '
                       f'`data.max_length` = {config.data.max_length} (one row)')
-  if config.optimizer.cooldown_steps > config.num_train_steps:
-    raise ConfigError('config key `optimizer.cooldown_steps` must not exceed `num_train_steps`')
+  if (config.optimizer.schedule == 'rsqrt_cooldown'  # 'rsqrt' ignores cooldown_steps
+      and config.optimizer.cooldown_steps > config.num_train_steps):
+    raise ConfigError(f'config key `optimizer.cooldown_steps` = {config.optimizer.cooldown_steps} '
+                      f'must not exceed `num_train_steps` = {config.num_train_steps}')
   for axis in ('data', 'fsdp', 'tensor'):
     _require(config, f'mesh.{axis}', lambda v: isinstance(v, int) and (v == -1 or v > 0),
              'must be a positive integer or -1 (the rest of the devices)')

@@ -22,8 +22,21 @@ _FROZEN_SECTIONS = ('model', 'data')
 
 
 def default_data_dir(config) -> str:
-  return (config.data.data_dir or os.environ.get('TFDS_DATA_DIR')
-          or os.path.expanduser('~/tensorflow_datasets'))
+  """config.data.data_dir, else a directory under $TFDS_DATA_DIR (or ~/tensorflow_datasets).
+
+  The default is keyed by the raw files it is built from (names and sizes), so a
+  run on small fixture files never leaves a prepared dataset that a real run reuses.
+  """
+  if config.data.data_dir:
+    return config.data.data_dir
+  import hashlib
+  from transformer_jax.data.multi30k import resolve_manual_dir
+  base = os.environ.get('TFDS_DATA_DIR') or os.path.expanduser('~/tensorflow_datasets')
+  raw_dir = resolve_manual_dir(config.data.manual_dir or None)
+  if raw_dir is None:
+    return os.path.join(base, 'multi30k_download')
+  listing = sorted((p.name, p.stat().st_size) for p in raw_dir.iterdir() if p.is_file())
+  return os.path.join(base, 'multi30k_' + hashlib.sha1(repr(listing).encode()).hexdigest()[:10])
 
 
 def write_or_check_config(config: ml_collections.ConfigDict, workdir: str) -> None:

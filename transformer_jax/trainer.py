@@ -73,7 +73,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   is_chief = jax.process_index() == 0
   if is_chief:  # one writer for config.json and the vocabulary; the others wait, then read
     run_setup.write_or_check_config(config, workdir)
-  sources = run_setup.load_sources(config)
+    sources = run_setup.load_sources(config)
+  if jax.process_count() > 1:
+    # TFDS prepares data_dir in place: two processes preparing one shared data_dir race to
+    # rename it into place (FileExistsError). Process 0 prepares; the rest then read.
+    multihost_utils.sync_global_devices('data prepared')
+  if not is_chief:
+    sources = run_setup.load_sources(config)
   vocab = run_setup.load_vocab(config, workdir, sources['train'] if is_chief else None,
                                wait_for_chief=jax.process_count() > 1)
   src, tgt = config.data.source_lang, config.data.target_lang
@@ -119,6 +125,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   def save(metrics=None):
     if not _all_finite(last_metrics):
+      checkpointer.wait()  # an async save of the last good state may still be in flight
       raise NonFiniteLossError(_nan_message(int(state.step)))
     checkpointer.save(state, {**meta, 'data_iterator': train_iter.get_state()}, metrics)
 
@@ -129,22 +136,28 @@ def train_and_evaluate(config, workdir: str) -> dict:
   bar = tqdm(total=config.num_train_steps, initial=first_step, desc='train', unit='step',
              disable=not is_chief, dynamic_ncols=True)
   stopped_by = None
+
+  def log_window(last_step):
+    """Writes the train metrics of the steps in `window`, which ends at update `last_step`."""
+    nonlocal window, window_start
+    logged = _log_window(window, time.perf_counter() - window_start)
+    writer.write(last_step, logged)
+    bar.set_postfix(loss=f"{logged['loss']:.3f}", lr=f"{logged['learning_rate']:.2e}",
+                    tok_s=f"{logged['target_tokens_per_s']:.0f}")
+    window, window_start = [], time.perf_counter()
+
   with _StopSignal() as stop:
     for step in range(first_step, config.num_train_steps):
       batch = sharding.global_batch(next(train_iter), mesh)
-      previous = last_metrics
+      previous = last_metrics  # of update number `step` (updates count from 1)
       state, last_metrics = step_fn(state, batch, dropout_key)
       if previous is not None:
-        window.append(_check_finite(to_host(previous), step))
+        window.append(_check_finite(to_host(previous), step, checkpointer))
+        if step % config.log_every_steps == 0:
+          log_window(step)
       bar.update(1)
       done = step + 1
       meta['train_seconds'] = seconds_before + time.perf_counter() - train_start
-      if done % config.log_every_steps == 0 and window:
-        logged = _log_window(window, time.perf_counter() - window_start)
-        writer.write(done - 1, logged)
-        bar.set_postfix(loss=f"{logged['loss']:.3f}", lr=f"{logged['learning_rate']:.2e}",
-                        tok_s=f"{logged['target_tokens_per_s']:.0f}")
-        window, window_start = [], time.perf_counter()
       time_up = (config.time_limit_minutes
                  and meta['train_seconds'] >= 60 * config.time_limit_minutes)
       if stop.received or time_up:
@@ -165,6 +178,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
         window_start = time.perf_counter()
       elif done % config.checkpoint_every_steps == 0:
         save()
+    if last_metrics is not None:  # the newest update's metrics are still on the device
+      window.append(_check_finite(to_host(last_metrics), int(state.step), checkpointer))
+    if window:
+      log_window(int(state.step))
     if stopped_by:
       save()
   bar.close()
@@ -172,7 +189,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   summary = {'step': int(state.step), 'train_minutes': round(meta['train_seconds'] / 60, 2),
              'best_bleu': meta['best_bleu'], 'best_step': checkpointer.best_step(),
              'stopped_by': stopped_by}
-  writer.write(int(state.step), summary, prefix='summary_')
+  if config.average_last_n > 1 and not stopped_by:
+    summary['average'] = _evaluate_average(config, checkpointer, state, eval_fn, decode, eval_data,
+                                           vocab)
+    writer.write(int(state.step), summary['average'], prefix='avg_')
+  writer.write(int(state.step), {k: v for k, v in summary.items() if k != 'average'},
+               prefix='summary_')
   writer.close()
   checkpointer.close()
   print(f"done: step {summary['step']}, {summary['train_minutes']} train min, best val BLEU "
@@ -187,6 +209,19 @@ def quiet_libraries() -> None:
   logging.set_verbosity(logging.WARNING)
   for name in ('orbax', 'absl', 'tensorflow_datasets', 'jax'):
     std_logging.getLogger(name).setLevel(std_logging.WARNING)
+
+
+def _evaluate_average(config, checkpointer, state, eval_fn, decode, eval_data, vocab) -> dict:
+  """Validation scores of the mean params of the last `average_last_n` checkpoints."""
+  from transformer_jax.checkpointing import select_params
+  target = sharding.with_shardings(state.params, jax.tree.map(lambda x: x.sharding, state.params))
+  params, description = select_params(checkpointer, target, f'average:{config.average_last_n}')
+  params = jax.device_put(params, jax.tree.map(lambda x: x.sharding, state.params))
+  results = _evaluate(config, eval_fn, decode, params, eval_data, vocab)
+  results['checkpoints'] = description
+  print(f"average of the last {config.average_last_n} checkpoints ({description}): "
+        f"val loss {results['loss']:.3f}  BLEU {results['bleu']:.2f}")
+  return results
 
 
 def _evaluate(config, eval_fn, decode, params, eval_data, vocab) -> dict:
@@ -227,7 +262,8 @@ def _all_finite(device_metrics) -> bool:
   return device_metrics is None or bool(np.isfinite(float(to_host(device_metrics)['loss_sum'])))
 
 
-def _check_finite(metrics, step: int) -> dict:
+def _check_finite(metrics, step: int, checkpointer: Checkpointer) -> dict:
   if not np.isfinite(float(metrics['loss_sum'])):
+    checkpointer.wait()  # an async save of the last good state may still be in flight
     raise NonFiniteLossError(_nan_message(step))
   return metrics
