@@ -1,0 +1,144 @@
+"""Beam search with the GNMT length penalty, as a pure function of a step function.
+
+The search knows nothing about the model: it drives a
+`step_fn(tokens_N, step, state) -> (log_probs_NV, state)` over N = B·k rows
+(row b·k + j is beam j of sentence b), and reorders every leaf of `state` by
+beam after each step. Whatever is the same for all beams of a sentence (the
+encoder's cross-attention keys/values) belongs in the step function's closure,
+not in `state`, so that it is never gathered.
+
+Shape suffixes: B sentences, K beams (k), C = 2k candidates, L max length,
+V vocabulary.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+StepFn = Callable[[jax.Array, jax.Array, Any], tuple[jax.Array, Any]]
+NEG_INF = -jnp.inf  # an empty slot; -inf (not -1e7) so that no arithmetic revives it
+
+
+class BeamSearchResult(NamedTuple):
+  tokens_BL: jax.Array  # int32, the best hypothesis per sentence, 0 after eos
+  scores_B: jax.Array   # float32, its length-penalised log-probability
+  num_steps: jax.Array  # int32 scalar, decoder steps run (< L when stopped early)
+
+
+def length_penalty(length, alpha: float):
+  """GNMT length penalty lp(Y) = ((5 + |Y|) / 6)^α (Wu et al. 2016, eq. 14); |Y| counts eos."""
+  return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
+
+
+def _take_beams(x_BK_, beam_idx_BC):
+  """x[b, beam_idx[b, c]] for every sentence b: [B, K, ...] -> [B, C, ...]."""
+  idx = beam_idx_BC.reshape(beam_idx_BC.shape + (1,) * (x_BK_.ndim - 2))
+  return jnp.take_along_axis(x_BK_, idx, axis=1)
+
+
+def _top(scores_BN, k, *arrays_BN_):
+  """The k highest-scoring entries along axis 1 of `scores` and of each array."""
+  top_scores, idx = jax.lax.top_k(scores_BN, k)
+  return (top_scores,) + tuple(_take_beams(a, idx) for a in arrays_BN_)
+
+
+def beam_search_from_step_fn(
+    step_fn: StepFn,
+    state: Any,
+    *,
+    batch_size: int,
+    beam_size: int,
+    max_length: int,
+    alpha: float = 0.6,
+    bos_id: int = 2,
+    eos_id: int = 3,
+    stop_early: bool = True,
+) -> BeamSearchResult:
+  """Beam search over `step_fn`, entirely inside one `lax.while_loop`.
+
+  Each step extends the k live hypotheses of a sentence by every token and
+  keeps the 2k best extensions by log-probability. The k best of them that do
+  not end in eos stay live (at most k end in eos, one per parent, so finished
+  hypotheses never starve the live set); those ending in eos and ranked in the
+  top k join the finished set, scored log P(Y) / lp(|Y|), which keeps the k
+  best so far. Counting an eos only in the top k (as fairseq does; flax's
+  wmt example counts all 2k) makes beam_size=1 with α = 0 exactly greedy.
+
+  With stop_early, a sentence is done when its k finished slots are full and
+  no live hypothesis can beat the worst of them even with the largest penalty
+  lp(max_length): log-probabilities only fall as a hypothesis grows, so
+  log P(live) / lp(max_length) bounds every extension's score when α >= 0.
+  The loop stops when every sentence is done.
+
+  Args:
+    step_fn: log-probabilities (<= 0) of the next token for each row.
+    state: pytree whose leaves have leading dimension batch_size·beam_size,
+      reordered by parent beam after each step.
+    alpha: α of the length penalty (>= 0); 0 ranks by log-probability alone.
+
+  Returns:
+    The best finished hypothesis per sentence (or, if none finished within
+    max_length, the best live one, scored with lp(max_length)), its score, and
+    the number of steps run. Tokens exclude bos and are 0 after eos.
+  """
+  if alpha < 0:
+    raise ValueError(f'alpha must be >= 0 for the early-stopping bound, got {alpha}')
+  b, k, n_cand = batch_size, beam_size, 2 * beam_size
+  best_possible_lp = length_penalty(max_length, alpha)
+  # Column 0 holds bos; column t + 1 the token chosen at step t.
+  live_tokens_BKL = jnp.zeros((b, k, max_length + 1), jnp.int32).at[:, :, 0].set(bos_id)
+  # Only beam 0 is real at first: the other k - 1 copies would repeat its extensions.
+  live_logp_BK = jnp.full((b, k), NEG_INF).at[:, 0].set(0.0)
+  fin_tokens_BKL = jnp.zeros((b, k, max_length + 1), jnp.int32)
+  fin_scores_BK = jnp.full((b, k), NEG_INF)
+  init = (jnp.asarray(0, jnp.int32), live_tokens_BKL, live_logp_BK, fin_tokens_BKL,
+          fin_scores_BK, state)
+
+  def sentence_done(live_logp_BK, fin_scores_BK):
+    worst_finished_B = fin_scores_BK.min(axis=1)  # -inf while a slot is empty
+    best_live_bound_B = live_logp_BK.max(axis=1) / best_possible_lp
+    return (worst_finished_B > best_live_bound_B) | (best_live_bound_B == NEG_INF)
+
+  def cond(carry):
+    step, _, live_logp, _, fin_scores, _ = carry
+    running = step < max_length
+    if stop_early:
+      running &= ~jnp.all(sentence_done(live_logp, fin_scores))
+    return running
+
+  def body(carry):
+    step, live_tokens, live_logp, fin_tokens, fin_scores, state = carry
+    last_N = jax.lax.dynamic_index_in_dim(live_tokens, step, axis=2, keepdims=False).reshape(-1)
+    log_probs_NV, state = step_fn(last_N, step, state)
+    vocab = log_probs_NV.shape[-1]
+    cand_logp_BKV = live_logp[:, :, None] + log_probs_NV.reshape(b, k, vocab).astype(jnp.float32)
+    cand_logp_BC, flat_idx_BC = jax.lax.top_k(cand_logp_BKV.reshape(b, k * vocab), n_cand)
+    parent_BC, token_BC = flat_idx_BC // vocab, flat_idx_BC % vocab
+    cand_tokens_BCL = jax.lax.dynamic_update_index_in_dim(
+        _take_beams(live_tokens, parent_BC), token_BC[:, :, None], step + 1, axis=2)
+    ends_BC = token_BC == eos_id
+
+    # Live: the k best candidates that did not end in eos.
+    live_logp, live_tokens, live_parent_BK = _top(
+        jnp.where(ends_BC, NEG_INF, cand_logp_BC), k, cand_tokens_BCL, parent_BC)
+    rows_N = (jnp.arange(b)[:, None] * k + live_parent_BK).reshape(-1)
+    state = jax.tree.map(lambda x: jnp.take(x, rows_N, axis=0), state)
+
+    # Finished: the k best of the old finished set and the candidates that end now,
+    # counting an eos only among the top k (top_k sorts), as fairseq does.
+    finishes_BC = ends_BC & (jnp.arange(n_cand) < k)
+    new_scores_BC = jnp.where(finishes_BC, cand_logp_BC / length_penalty(step + 1, alpha),
+                              NEG_INF)
+    fin_scores, fin_tokens = _top(
+        jnp.concatenate([fin_scores, new_scores_BC], axis=1), k,
+        jnp.concatenate([fin_tokens, cand_tokens_BCL], axis=1))
+    return step + 1, live_tokens, live_logp, fin_tokens, fin_scores, state
+
+  step, live_tokens, live_logp, fin_tokens, fin_scores, _ = jax.lax.while_loop(cond, body, init)
+  # top_k keeps both sets sorted: slot 0 is the best.
+  any_finished_B = fin_scores[:, 0] > NEG_INF
+  tokens_BL = jnp.where(any_finished_B[:, None], fin_tokens[:, 0, 1:], live_tokens[:, 0, 1:])
+  scores_B = jnp.where(any_finished_B, fin_scores[:, 0], live_logp[:, 0] / best_possible_lp)
+  return BeamSearchResult(tokens_BL, scores_B, step)
