@@ -19,6 +19,8 @@ CONFIG_FILE = 'config.json'
 VOCAB_DIR = 'vocab'
 # Sections whose change makes an existing work directory unusable.
 _FROZEN_SECTIONS = ('model', 'data')
+# Where the raw and prepared files live may change between runs; what they hold may not.
+_MOVABLE_KEYS = {('data', 'manual_dir'), ('data', 'data_dir')}
 
 
 def default_data_dir(config) -> str:
@@ -47,9 +49,10 @@ def write_or_check_config(config: ml_collections.ConfigDict, workdir: str) -> No
     with open(path) as f:
       old = json.load(f)
     for section in _FROZEN_SECTIONS:
-      if old.get(section) != new.get(section):
-        changed = sorted(k for k in set(old.get(section, {})) | set(new.get(section, {}))
-                         if old.get(section, {}).get(k) != new.get(section, {}).get(k))
+      changed = sorted(k for k in set(old.get(section, {})) | set(new.get(section, {}))
+                       if old.get(section, {}).get(k) != new.get(section, {}).get(k)
+                       and (section, k) not in _MOVABLE_KEYS)
+      if changed:
         raise config_lib.ConfigError(
             f'{path} was written with a different `{section}` section (keys {changed}); '
             f'resume with the same config, or train into a new --workdir')

@@ -1,0 +1,549 @@
+"""The training loop end to end: it learns, resumes exactly, survives kills, fails fast.
+
+Every run uses configs/tiny.py on a few hundred fixture pairs (the real Multi30k
+when $MULTI30K_DIR is set, else a synthetic word-aligned corpus). All runs share
+one model shape and schedule, so with the persistent compilation cache below the
+train step, eval step and beam search compile once per worker, and later runs
+(in-process or `train.py` subprocesses) load them from disk.
+"""
+import hashlib
+import os
+from pathlib import Path
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+from jax.experimental.compilation_cache import compilation_cache
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+  sys.path.insert(0, str(REPO))  # for `configs`
+
+from configs import tiny  # noqa: E402
+from transformer_jax import config_lib, run_setup, trainer  # noqa: E402
+from transformer_jax.checkpointing import Checkpointer, average_params, select_params  # noqa: E402
+from transformer_jax.data import MANUAL_DIR_ENV, make_train_iterator, prepare_multi30k  # noqa: E402
+from transformer_jax.losses import masked_token_metrics  # noqa: E402
+from transformer_jax.metrics_writer import read_metrics  # noqa: E402
+from transformer_jax.train_step import TrainState  # noqa: E402
+
+N = 12  # the resume test trains N, then N more steps
+# Shared by every run so that all of them compile the same programs.
+OVERRIDES = {
+    'num_train_steps': 2 * N,
+    'log_every_steps': 1,
+    'checkpoint_every_steps': N,
+    'eval_every_steps': 1000,  # evaluate once, at the end
+    'optimizer.schedule': 'rsqrt',  # no cool-down: lr(step) does not depend on num_train_steps
+    'optimizer.cooldown_steps': 0,
+    'eval.batch_size': 8,
+    'eval.num_bleu_sentences': 8,
+    'eval.max_decode_length': 16,
+}
+TRAIN_KEYS = ('loss', 'nll', 'accuracy', 'num_tokens', 'learning_rate', 'grad_norm')
+
+# Word-aligned toy lexicon: line i of *.de translates line i of *.en word for word.
+EN = 'a dog cat man woman child runs jumps sits on the in red blue green park street ball'
+DE = ('ein Hund Katze Mann Frau Kind läuft springt sitzt auf dem im rot blau grün Park Straße '
+      'Ball')
+
+
+# --- fixtures and helpers -----------------------------------------------------------------
+
+
+def _real_pairs(stem, count, max_words=9):
+  """The first `count` short pairs of the real split (short: they fit max_length=32)."""
+  directory = Path(os.environ[MANUAL_DIR_ENV])
+  en = (directory / f'{stem}.en').read_text(encoding='utf-8').splitlines()
+  de = (directory / f'{stem}.de').read_text(encoding='utf-8').splitlines()
+  short = [(e, d) for e, d in zip(en, de)
+           if len(e.split()) <= max_words and len(d.split()) <= max_words]
+  return short[:count]
+
+
+def _toy_pairs(count, seed):
+  rng = np.random.default_rng(seed)
+  en_words, de_words = EN.split(), DE.split()
+  pairs = []
+  for _ in range(count):
+    idx = rng.integers(0, len(en_words), size=rng.integers(3, 9))
+    pairs.append((' '.join(en_words[j] for j in idx) + ' .', ' '.join(de_words[j] for j in idx)
+                  + ' .'))
+  return pairs
+
+
+@pytest.fixture(scope='module')
+def corpus(tmp_path_factory):
+  """{'raw': manual dir with train/val files, 'data': prepared TFDS dir}, made once."""
+  raw = tmp_path_factory.mktemp('raw')
+  real = os.environ.get(MANUAL_DIR_ENV)
+  if real and Path(real, 'train.en').is_file():
+    splits = {'train': _real_pairs('train', 300), 'val': _real_pairs('val', 40)}
+  else:
+    splits = {'train': _toy_pairs(300, 0), 'val': _toy_pairs(40, 1)}
+  for stem, pairs in splits.items():
+    for k, lang in enumerate(('en', 'de')):
+      (raw / f'{stem}.{lang}').write_text(''.join(p[k] + '\n' for p in pairs), encoding='utf-8')
+  data = tmp_path_factory.mktemp('tfds')
+  prepare_multi30k(data, raw)
+  return {'raw': raw, 'data': data}
+
+
+@pytest.fixture(scope='module')
+def compile_cache(tmp_path_factory):
+  """Turns on JAX's persistent compilation cache for this module; returns its directory."""
+  path = str(tmp_path_factory.mktemp('jax_compilation_cache'))
+  names = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs',
+           'jax_persistent_cache_min_entry_size_bytes')
+  before = {name: getattr(jax.config, name) for name in names}
+  for name, value in zip(names, (path, 0.0, -1)):
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()  # the cache is set up at the first compile: redo it
+  yield path
+  for name, value in before.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+
+
+def make_config(corpus, **overrides):
+  """configs/tiny.py with OVERRIDES, then `overrides` (dotted keys as `a__b`)."""
+  config = tiny.get_config()
+  settings = {'data.data_dir': str(corpus['data']), 'data.manual_dir': str(corpus['raw']),
+              **OVERRIDES, **{k.replace('__', '.'): v for k, v in overrides.items()}}
+  for key, value in settings.items():
+    *parents, leaf = key.split('.')
+    node = config
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
+def train(corpus, workdir, **overrides) -> dict:
+  return trainer.train_and_evaluate(make_config(corpus, **overrides), str(workdir))
+
+
+def train_records(workdir) -> dict[int, dict]:
+  """step -> logged training metrics (eval and summary records left out)."""
+  return {r['step']: r for r in read_metrics(str(workdir)) if 'loss' in r}
+
+
+def summary_record(workdir) -> dict:
+  return [r for r in read_metrics(str(workdir)) if 'summary_step' in r][-1]
+
+
+def abstract_params(workdir):
+  config = run_setup.read_config(str(workdir))
+  vocab = run_setup.load_vocab(config, str(workdir))
+  _, abstract = run_setup.abstract_model(config, vocab.size)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
+
+
+def restore_params(workdir, step):
+  checkpointer = Checkpointer(str(workdir), read_only=True)
+  try:
+    return checkpointer.restore_params(abstract_params(workdir), step)
+  finally:
+    checkpointer.close()
+
+
+def checkpoint_steps(workdir) -> list[int]:
+  """Completed checkpoints: orbax renames a step's temporary directory to `<step>` when done."""
+  directory = Path(workdir, 'checkpoints')
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def file_hashes(directory) -> dict[str, str]:
+  return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(Path(directory).rglob('*')) if p.is_file()}
+
+
+def assert_trees_equal(a, b):
+  leaves_a, tree_a = jax.tree.flatten(a)
+  leaves_b, tree_b = jax.tree.flatten(b)
+  assert tree_a == tree_b
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope='module')
+def straight_run(corpus, compile_cache, tmp_path_factory):
+  """2N steps in one go: the reference for the resume tests. Returns (workdir, summary)."""
+  workdir = tmp_path_factory.mktemp('straight') / 'run'
+  return workdir, train(corpus, workdir)
+
+
+class TrainProcess:
+  """`python train.py` on the tiny config in a subprocess, sharing the compilation cache."""
+
+  def __init__(self, corpus, workdir, cache_dir, **overrides):
+    settings = {'data.data_dir': corpus['data'], 'data.manual_dir': corpus['raw'], **OVERRIDES,
+                **{k.replace('__', '.'): v for k, v in overrides.items()}}
+    self.workdir = Path(workdir)
+    self.workdir.parent.mkdir(parents=True, exist_ok=True)
+    self.log = self.workdir.parent / f'{self.workdir.name}.{time.monotonic_ns()}.log'
+    env = {**os.environ, 'JAX_COMPILATION_CACHE_DIR': cache_dir,
+           'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+           'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '-1'}
+    command = [sys.executable, 'train.py', '--config', 'configs/tiny.py',
+               '--workdir', str(workdir), *[f'--config.{k}={v}' for k, v in settings.items()]]
+    with open(self.log, 'w') as log:
+      self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log,
+                                      stderr=subprocess.STDOUT)
+
+  def output(self) -> str:
+    return self.log.read_text(errors='replace')
+
+  def wait_until(self, condition, timeout=300.0, what='condition'):
+    deadline = time.monotonic() + timeout
+    while not condition():
+      if self.process.poll() is not None:
+        pytest.fail(f'train.py exited ({self.process.returncode}) before {what}:\n'
+                    f'{self.output()[-3000:]}')
+      if time.monotonic() > deadline:
+        pytest.fail(f'timed out waiting for {what}:\n{self.output()[-3000:]}')
+      time.sleep(0.05)
+
+  def wait(self, timeout=300.0) -> int:
+    try:
+      return self.process.wait(timeout)
+    except subprocess.TimeoutExpired:
+      pytest.fail(f'train.py did not finish in {timeout}s:\n{self.output()[-3000:]}')
+
+  def kill(self):
+    if self.process.poll() is None:
+      self.process.kill()
+      self.process.wait(30)
+
+
+@pytest.fixture
+def processes():
+  """Collects TrainProcesses; SIGKILLs whatever still runs when the test ends."""
+  started = []
+  yield started
+  for p in started:
+    p.kill()
+
+
+# --- end to end ---------------------------------------------------------------------------
+
+
+def test_tiny_model_learns_and_leaves_a_complete_workdir(straight_run):
+  workdir, summary = straight_run
+  assert summary['step'] == 2 * N and summary['stopped_by'] is None
+  records = [r for r in read_metrics(str(workdir)) if 'loss' in r]
+  assert [r['step'] for r in records] == list(range(1, 2 * N + 1)), 'one record per step'
+  for r in records:
+    assert set(TRAIN_KEYS) <= set(r) and np.isfinite(r['loss'])
+  first, last = records[0]['loss'], records[-1]['loss']
+  assert last < first - 0.5, f'loss did not go down: {first:.3f} -> {last:.3f}'
+  evals = [r for r in read_metrics(str(workdir)) if 'eval_loss' in r]
+  assert [r['step'] for r in evals] == [2 * N] and 0 <= evals[0]['eval_bleu'] <= 100
+  # What translation needs.
+  assert (workdir / 'config.json').is_file() and (workdir / 'vocab' / 'spm.model').is_file()
+  assert checkpoint_steps(workdir) == [N, 2 * N]
+  assert (workdir / 'checkpoints' / str(2 * N) / 'params').is_dir()
+  assert list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
+  params, description = select_params(Checkpointer(str(workdir), read_only=True),
+                                      abstract_params(workdir), 'latest')
+  assert description == f'step {2 * N}'
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+
+
+def test_training_applies_dropout_keyed_by_step(straight_run, corpus):
+  """The loss logged for update 1 is the dropout loss under fold_in(key(seed), 0)."""
+  workdir, _ = straight_run
+  config = make_config(corpus)
+  assert config.model.dropout_rate > 0
+  vocab = run_setup.load_vocab(config, str(workdir))
+  model = run_setup.build_model(config, vocab.size)  # the trainer's initial parameters
+  sources = run_setup.load_sources(config, splits=('train',))
+  batch = next(make_train_iterator(sources['train'], vocab, source_lang='en', target_lang='de',
+                                   batch_tokens=config.batch_tokens,
+                                   max_length=config.data.max_length, seed=config.seed))
+
+  @nnx.jit
+  def loss(model, batch, key):
+    logits = model(batch['inputs'], batch['decoder_inputs'],
+                   inputs_segmentation=batch['inputs_segmentation'],
+                   targets_segmentation=batch['targets_segmentation'],
+                   inputs_position=batch['inputs_position'],
+                   targets_position=batch['targets_position'], dropout_rng=key)
+    sums = masked_token_metrics(logits, batch['targets'], batch['targets_segmentation'] != 0,
+                                config.label_smoothing)
+    return sums['loss_sum'] / sums['num_tokens']
+
+  key = jax.random.key(config.seed)
+  logged = train_records(workdir)[1]['loss']
+  assert logged == pytest.approx(float(loss(model, batch, jax.random.fold_in(key, 0))), abs=1e-4)
+  assert abs(logged - float(loss(model, batch, jax.random.fold_in(key, 1)))) > 1e-3, (
+      'another dropout key gives another loss: dropout is on')
+
+
+# --- resume -------------------------------------------------------------------------------
+
+
+def test_resume_is_exact(straight_run, corpus, tmp_path):
+  """N steps, restart with num_train_steps=2N: the same per-step metrics and final params."""
+  workdir, _ = straight_run
+  resumed = tmp_path / 'resumed'
+  assert train(corpus, resumed, num_train_steps=N)['step'] == N
+  first_leg = train_records(resumed)
+  assert sorted(first_leg) == list(range(1, N + 1)), 'the last step of a run is logged too'
+  assert train(corpus, resumed)['step'] == 2 * N
+
+  straight, both = train_records(workdir), train_records(resumed)
+  assert sorted(both) == list(range(1, 2 * N + 1))
+  for step in range(1, 2 * N + 1):
+    for key in TRAIN_KEYS:
+      assert both[step][key] == straight[step][key], (step, key)
+  # Not trivially equal: batches differ from step to step, so a restarted data iterator
+  # (or a dropout key that restarts at 0) would have shown up above.
+  tokens = [straight[s]['num_tokens'] for s in range(1, 2 * N + 1)]
+  assert tokens[N:] != tokens[:N] and len(set(tokens)) > 3
+  assert_trees_equal(restore_params(resumed, 2 * N), restore_params(workdir, 2 * N))
+
+
+def test_sigkill_then_restart_resumes_from_the_last_checkpoint(corpus, compile_cache, tmp_path,
+                                                               processes):
+  workdir = tmp_path / 'run'
+  checkpoints = workdir / 'checkpoints'
+  run = TrainProcess(corpus, workdir, compile_cache, num_train_steps=10_000,
+                     checkpoint_every_steps=2, time_limit_minutes=2.0)
+  processes.append(run)
+
+  def saving_after_a_checkpoint():  # kill while orbax writes a step, if we catch it doing so
+    steps = checkpoint_steps(workdir)
+    writing = steps and any('tmp' in p.name for p in checkpoints.iterdir())
+    return writing or len(steps) >= 4
+
+  run.wait_until(saving_after_a_checkpoint, what='a checkpoint')
+  run.process.send_signal(signal.SIGKILL)
+  assert run.wait() == -signal.SIGKILL
+
+  last = checkpoint_steps(workdir)[-1]
+  records_before = len(read_metrics(str(workdir)))
+  summary = train(corpus, workdir, num_train_steps=last + 3, checkpoint_every_steps=2)
+  assert summary['step'] == last + 3
+  assert not [p.name for p in checkpoints.iterdir() if not p.name.isdigit()], (
+      'temporary directories of the killed save are left')
+  for step in checkpoint_steps(workdir):  # every kept checkpoint restores
+    params = restore_params(workdir, step)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+  records = read_metrics(str(workdir))
+  killed = {r['step']: r for r in records[:records_before] if 'loss' in r}
+  resumed = {r['step']: r for r in records[records_before:] if 'loss' in r}
+  assert sorted(resumed) == [last + 1, last + 2, last + 3], 'restarted at the last checkpoint'
+  for step in set(killed) & set(resumed):  # steps the killed process had done: same again
+    assert resumed[step]['loss'] == killed[step]['loss'], step
+
+
+def test_sigterm_saves_the_current_step_and_exits(corpus, compile_cache, tmp_path, processes):
+  workdir = tmp_path / 'run'
+  run = TrainProcess(corpus, workdir, compile_cache, num_train_steps=10_000,
+                     checkpoint_every_steps=10_000, time_limit_minutes=2.0)
+  processes.append(run)
+  metrics = workdir / 'metrics.jsonl'  # written as we poll: count complete lines only
+  run.wait_until(lambda: metrics.exists() and metrics.read_bytes().count(b'\n') >= 3,
+                 what='three training steps')
+  run.process.send_signal(signal.SIGTERM)
+  assert run.wait() == 0, run.output()[-3000:]
+  summary = summary_record(workdir)
+  assert summary['summary_stopped_by'] == 'SIGTERM'
+  step = summary['summary_step']
+  assert 3 <= step < 10_000 and checkpoint_steps(workdir) == [step]
+  assert max(train_records(workdir)) == step, 'metrics up to the stopping step are logged'
+  assert 'stopped by SIGTERM' in run.output()
+
+
+# --- failures -----------------------------------------------------------------------------
+
+
+class _PoisonedIterator:
+  """The trainer's data iterator, but update `bad_step` gets an out-of-vocabulary token id.
+
+  The embedding lookup returns NaN for it (jnp.take fills out-of-bounds rows), so that
+  update's loss is NaN while every compiled program stays the same (no recompilation).
+  """
+
+  def __init__(self, iterator, first_step, bad_step):
+    self._iterator, self._step, self._bad_step = iterator, first_step, bad_step
+
+  def set_state(self, state):
+    self._iterator.set_state(state)
+
+  def get_state(self):
+    return self._iterator.get_state()
+
+  def __next__(self):
+    batch = next(self._iterator)
+    self._step += 1
+    if self._step == self._bad_step:
+      batch = {**batch, 'inputs': batch['inputs'].copy()}
+      batch['inputs'][0, 0] = 10 ** 6
+    return batch
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(straight_run, corpus,
+                                                                  tmp_path, monkeypatch):
+  workdir = tmp_path / 'run'
+  shutil.copytree(straight_run[0], workdir)
+  before = file_hashes(workdir / 'checkpoints')
+  bad_step = 2 * N + 3
+
+  monkeypatch.setattr(trainer, 'make_train_iterator', lambda *args, **kwargs: _PoisonedIterator(
+      make_train_iterator(*args, **kwargs), first_step=2 * N, bad_step=bad_step))
+  with pytest.raises(trainer.NonFiniteLossError, match=f'non-finite loss at step {bad_step}:'):
+    train(corpus, workdir, num_train_steps=2 * N + 10, checkpoint_every_steps=1,
+          keep_checkpoints=100)
+  assert max(train_records(workdir)) == bad_step - 1, 'steps before the bad one are logged'
+  after = file_hashes(workdir / 'checkpoints')
+  assert {k: after.get(k) for k in before} == before, 'existing checkpoints changed'
+  assert checkpoint_steps(workdir) == [N, 2 * N, 2 * N + 1, 2 * N + 2], (
+      'saved every step up to, not including, the bad one')
+
+
+def test_unknown_config_key_fails_before_any_work(corpus, tmp_path):
+  start = time.monotonic()
+  result = subprocess.run(
+      [sys.executable, 'train.py', '--config', 'configs/tiny.py', '--workdir',
+       str(tmp_path / 'run'), '--config.nonexistent=1',
+       f'--config.data.data_dir={tmp_path / "tfds"}'],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert 'nonexistent' in result.stderr
+  assert time.monotonic() - start < 60
+  assert not (tmp_path / 'run').exists() and not (tmp_path / 'tfds').exists()
+
+
+@pytest.mark.parametrize('key,value', [
+    ('model.dropout_rate', 1.5),
+    ('data.source_lang', 'fr'),
+    ('batch_tokens', 16),  # smaller than data.max_length = 32
+    ('num_train_steps', 0),
+    ('optimizer.schedule', 'cosine'),
+    ('model.num_heads', 3),  # d_model 32 is not divisible by 3
+])
+def test_invalid_values_raise_config_error_naming_the_key(corpus, tmp_path, key, value):
+  config = make_config(corpus, **{key.replace('.', '__'): value})
+  name = key.split('.')[-1]
+  with pytest.raises(config_lib.ConfigError, match=name):
+    config_lib.validate(config)
+  with pytest.raises(config_lib.ConfigError, match=name):  # before anything is written
+    trainer.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
+
+
+def test_cooldown_longer_than_training_is_only_an_error_for_the_cooldown_schedule(corpus):
+  config = make_config(corpus, num_train_steps=5, optimizer__cooldown_steps=10)
+  config_lib.validate(config)  # 'rsqrt' ignores cooldown_steps
+  config.optimizer.schedule = 'rsqrt_cooldown'
+  with pytest.raises(config_lib.ConfigError, match='cooldown_steps'):
+    config_lib.validate(config)
+
+
+def test_resuming_with_a_different_model_is_refused(corpus, tmp_path):
+  workdir = tmp_path / 'run'
+  run_setup.write_or_check_config(make_config(corpus), str(workdir))
+  run_setup.write_or_check_config(make_config(corpus, num_train_steps=99), str(workdir))
+  with pytest.raises(config_lib.ConfigError, match=r'`model`.*d_model'):
+    train(corpus, workdir, model__d_model=64)
+
+
+# --- checkpoints --------------------------------------------------------------------------
+
+
+def _save_steps(workdir, params_by_step, bleu_by_step):
+  checkpointer = Checkpointer(str(workdir), keep=10)
+  for step, params in params_by_step.items():
+    state = TrainState(step=jnp.int32(step), params=params,
+                       opt_state={'count': jnp.zeros((), jnp.int32)})
+    checkpointer.save(state, {'train_seconds': 0.0}, {'bleu': bleu_by_step[step]})
+  checkpointer.wait()
+  return checkpointer
+
+
+def _tree(value):
+  return {'embedding': jnp.full((3, 2), value, jnp.float32),
+          'layer': {'w': jnp.arange(4, dtype=jnp.float32) * value}}
+
+
+def test_average_params_is_the_element_wise_mean():
+  mean = average_params([_tree(1.0), _tree(4.0)])
+  assert_trees_equal(mean, _tree(2.5))
+  assert_trees_equal(average_params([_tree(3.0)]), _tree(3.0))
+  with pytest.raises(ValueError):
+    average_params([])
+
+
+def test_select_params_best_latest_average_and_missing(tmp_path):
+  checkpointer = _save_steps(tmp_path, {10: _tree(1.0), 20: _tree(3.0), 30: _tree(7.0)},
+                             {10: 5.0, 20: 9.0, 30: 2.0})
+  abstract = _tree(0.0)
+  params, description = select_params(checkpointer, abstract, 'best')
+  assert description == 'step 20' and checkpointer.best_step() == 20
+  assert_trees_equal(params, _tree(3.0))
+  params, description = select_params(checkpointer, abstract, 'latest')
+  assert description == 'step 30'
+  assert_trees_equal(params, _tree(7.0))
+  params, description = select_params(checkpointer, abstract, 'average:2')
+  assert description == 'average of steps [20, 30]'
+  assert_trees_equal(params, _tree(5.0))
+  assert_trees_equal(select_params(checkpointer, abstract, '10')[0], _tree(1.0))
+  with pytest.raises(FileNotFoundError, match=r'step 15.*available: \[10, 20, 30\]'):
+    select_params(checkpointer, abstract, '15')
+  with pytest.raises(ValueError, match='average:N'):
+    select_params(checkpointer, abstract, 'first')
+  checkpointer.close()
+
+
+def test_select_params_without_checkpoints_says_so(tmp_path):
+  checkpointer = Checkpointer(str(tmp_path))
+  with pytest.raises(FileNotFoundError, match='no checkpoints'):
+    select_params(checkpointer, _tree(0.0), 'best')
+  checkpointer.close()
+
+
+# --- the paper's base configuration -------------------------------------------------------
+
+
+def test_transformer_base_config_builds():
+  """configs/transformer_base.py validates, and its model and train step trace (no compute)."""
+  from configs import transformer_base
+  from transformer_jax.train_step import make_optimizer, train_step
+
+  config = transformer_base.get_config()
+  config_lib.validate(config)
+  vocab_size, d, f, layers = config.data.vocab_size, 512, 2048, 6
+  tx, schedule = make_optimizer(config.optimizer, d_model=d, total_steps=config.num_train_steps)
+  graphdef, abstract = run_setup.abstract_model(config, vocab_size)
+  state = jax.eval_shape(lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p,
+                                              opt_state=tx.init(p)), abstract)
+  shapes = [x.shape for x in jax.tree.leaves(abstract)]
+  encoder_layer = 4 * d * d + 2 * d * f + f + d + 2 * 2 * d  # attention, FFN, 2 LayerNorms
+  decoder_layer = 8 * d * d + 2 * d * f + f + d + 3 * 2 * d  # + cross-attention, 3rd LayerNorm
+  expected = vocab_size * d + layers * (encoder_layer + decoder_layer)
+  assert sum(int(np.prod(s)) for s in shapes) == expected  # ~60.5M with a shared 32k vocab
+  assert (vocab_size, d) in shapes
+  rows, length = config.batch_tokens // config.data.max_length, config.data.max_length
+  batch = {k: jax.ShapeDtypeStruct((rows, length), jnp.int32) for k in (
+      'inputs', 'inputs_segmentation', 'inputs_position', 'decoder_inputs', 'targets',
+      'targets_segmentation', 'targets_position')}
+  new_state, metrics = jax.eval_shape(
+      lambda s, b: train_step(s, b, jax.random.key(0), graphdef=graphdef, tx=tx,
+                              schedule=schedule, label_smoothing=config.label_smoothing),
+      state, batch)
+  assert jax.tree.structure(new_state) == jax.tree.structure(state)
+  assert metrics['loss_sum'].shape == () and metrics['loss_sum'].dtype == jnp.float32
+  assert float(schedule(config.optimizer.warmup_steps - 1)) == pytest.approx(
+      (d * config.optimizer.warmup_steps) ** -0.5)
