@@ -175,7 +175,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                   f"({results['train_minutes']:.1f} train min)")
         save(results)
         train_start, seconds_before = time.perf_counter(), meta['train_seconds']
-        window_start = time.perf_counter()
+        window_start += time.perf_counter() - eval_start  # tokens/s counts training time only
       elif done % config.checkpoint_every_steps == 0:
         save()
     if last_metrics is not None:  # the newest update's metrics are still on the device
