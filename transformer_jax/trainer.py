@@ -135,7 +135,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   seconds_before = meta['train_seconds']
   bar = tqdm(total=config.num_train_steps, initial=first_step, desc='train', unit='step',
              disable=not is_chief, dynamic_ncols=True)
-  stopped_by = None
+  stopped_by = None  # a signal: save and leave
+  ended_by = None    # the time limit: a normal end before num_train_steps
 
   def log_window(last_step):
     """Writes the train metrics of the steps in `window`, which ends at update `last_step`."""
@@ -160,10 +161,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
       meta['train_seconds'] = seconds_before + time.perf_counter() - train_start
       time_up = (config.time_limit_minutes
                  and meta['train_seconds'] >= 60 * config.time_limit_minutes)
-      if stop.received or time_up:
-        stopped_by = stop.received or 'time_limit_minutes'
+      if stop.received:
+        stopped_by = stop.received
         break
-      if done % config.eval_every_steps == 0 or done == config.num_train_steps:
+      # The time limit is a normal end (evaluate, save, average), just an earlier one.
+      if done % config.eval_every_steps == 0 or done == config.num_train_steps or time_up:
         eval_start = time.perf_counter()
         results = _evaluate(config, eval_fn, decode, state.params, eval_data, vocab)
         results['train_minutes'] = meta['train_seconds'] / 60
@@ -178,6 +180,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
         window_start += time.perf_counter() - eval_start  # tokens/s counts training time only
       elif done % config.checkpoint_every_steps == 0:
         save()
+      if time_up:
+        ended_by = 'time_limit_minutes'
+        break
     if last_metrics is not None:  # the newest update's metrics are still on the device
       window.append(_check_finite(to_host(last_metrics), int(state.step), checkpointer))
     if window:
@@ -188,7 +193,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   checkpointer.wait()
   summary = {'step': int(state.step), 'train_minutes': round(meta['train_seconds'] / 60, 2),
              'best_bleu': meta['best_bleu'], 'best_step': checkpointer.best_step(),
-             'stopped_by': stopped_by}
+             'stopped_by': stopped_by, 'ended_by': ended_by}
   if config.average_last_n > 1 and not stopped_by:
     summary['average'] = _evaluate_average(config, checkpointer, state, eval_fn, decode, eval_data,
                                            vocab)
@@ -199,7 +204,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   checkpointer.close()
   print(f"done: step {summary['step']}, {summary['train_minutes']} train min, best val BLEU "
         f"{summary['best_bleu']} (step {summary['best_step']})"
-        + (f', stopped by {stopped_by}' if stopped_by else ''))
+        + (f', stopped by {stopped_by}' if stopped_by else '')
+        + (f', ended by {ended_by}' if ended_by else ''))
   return summary
 
 
