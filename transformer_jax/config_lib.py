@@ -4,10 +4,10 @@ from __future__ import annotations
 import ml_collections
 
 from transformer_jax.config import TransformerConfig
+from transformer_jax.data.pipeline import LANGUAGE_PAIRS  # one list of supported directions
 from transformer_jax.schedules import SCHEDULES
 
 DATASETS = ('multi30k', 'wmt14')
-LANGUAGE_PAIRS = (('en', 'de'), ('de', 'en'))
 
 
 class ConfigError(ValueError):
