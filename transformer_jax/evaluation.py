@@ -7,12 +7,12 @@ import jax
 import numpy as np
 import sacrebleu
 
+from transformer_jax.sharding import to_host
 from transformer_jax.train_step import summarize
 
 
 def eval_loss(eval_fn: Callable, params, batches: Sequence[dict]) -> dict:
   """Token-averaged validation loss, nll, perplexity and accuracy."""
-  from transformer_jax.trainer import to_host
   totals = None
   for batch in batches:
     sums = eval_fn(params, batch)
@@ -25,7 +25,6 @@ def decode_batches(decode_fn: Callable, params, inputs: Sequence[np.ndarray]) ->
 
   decode_fn(params, inputs_BS) returns tokens [B, L] or (tokens, scores).
   """
-  from transformer_jax.trainer import to_host
   pending = [decode_fn(params, x) for x in inputs]  # dispatch all before the first fetch
   rows = []
   for out in pending:

@@ -109,6 +109,14 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Arra
   return {k: one(v) for k, v in local_batch.items()}
 
 
+def to_host(tree):
+  """NumPy values of (possibly multi-host) arrays; every process gets the whole value."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
 def with_shardings(abstract_tree, shardings):
   """ShapeDtypeStructs carrying shardings: the restore target for orbax."""
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),

@@ -23,6 +23,7 @@ from transformer_jax.checkpointing import Checkpointer
 from transformer_jax.data import make_eval_batches, make_train_iterator
 from transformer_jax.metrics_writer import MetricsWriter
 from transformer_jax.train_step import eval_step, init_train_state, make_optimizer, summarize
+from transformer_jax.sharding import to_host
 from transformer_jax.train_step import train_step as train_step_fn
 from transformer_jax.translator import file_sha256
 
@@ -243,13 +244,6 @@ def _log_window(window, seconds) -> dict:
   logged = summarize(totals)
   logged['target_tokens_per_s'] = totals['num_tokens'] / max(seconds, 1e-9)
   return logged
-
-
-def to_host(tree):
-  """NumPy values of (possibly multi-host) arrays; every process gets the whole value."""
-  if jax.process_count() == 1:
-    return jax.device_get(tree)
-  return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def _local_rows(batch: dict) -> dict:
