@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from transformer_jax.attention import dot_product_attention, merge_heads, split_heads
+from transformer_jax.attention import (dot_product_attention, merge_heads, single_query_attention,
+                                      split_heads)
 
 B, T, S, H, K = 2, 5, 7, 3, 4
 
@@ -133,3 +134,30 @@ def test_split_merge_heads_round_trip_and_head_i_is_slice_i():
 def test_split_heads_rejects_indivisible_width():
   with pytest.raises(ValueError, match='divisible'):
     split_heads(jnp.zeros((B, T, 10)), 3)
+
+
+@pytest.mark.parametrize('mask_rows', [None, 1, 'keys', 'queries'])
+def test_single_query_attention_matches_the_einsum_form_with_shared_keys(mask_rows):
+  """Query row b·G + j over key row b == the full form with keys repeated G times."""
+  batch, groups, length, heads, head_dim = 3, 4, 7, 2, 8
+  keys = jax.random.split(jax.random.key(5), 4)
+  q_NHK = jax.random.normal(keys[0], (batch * groups, heads, head_dim))
+  k_BSHK = jax.random.normal(keys[1], (batch, length, heads, head_dim))
+  v_BSHK = jax.random.normal(keys[2], (batch, length, heads, head_dim))
+  mask = None
+  if mask_rows is not None:
+    rows = {1: 1, 'keys': batch, 'queries': batch * groups}[mask_rows]
+    mask = jax.random.bernoulli(keys[3], 0.7, (rows, 1, 1, length)).at[:, ..., 0].set(True)
+  out_NHK = single_query_attention(q_NHK, k_BSHK, v_BSHK, mask)
+
+  repeat = lambda x: jnp.repeat(x, groups, axis=0)
+  full_mask = None
+  if mask is not None:
+    full_mask = repeat(mask) if mask.shape[0] == batch else mask
+  expected = dot_product_attention(q_NHK[:, None], repeat(k_BSHK), repeat(v_BSHK), full_mask)
+  np.testing.assert_allclose(out_NHK, expected[:, 0], rtol=1e-5, atol=1e-6)
+
+
+def test_single_query_attention_rejects_rows_that_do_not_group():
+  with pytest.raises(ValueError, match='5 query rows'):
+    single_query_attention(jnp.zeros((5, 2, 4)), jnp.zeros((2, 3, 2, 4)), jnp.zeros((2, 3, 2, 4)))

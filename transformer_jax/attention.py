@@ -1,7 +1,8 @@
 """Scaled dot-product attention and head split/merge, as pure functions.
 
 Shape suffixes: B batch, T query length, S key length, D model width,
-H heads, K per-head width (D = H·K).
+H heads, K per-head width (D = H·K), N query rows and G = N / B query rows
+per key row (beams of one sentence).
 """
 from __future__ import annotations
 
@@ -66,3 +67,39 @@ def dot_product_attention(
   if return_weights:
     return out_BTHK, weights_BHTS
   return out_BTHK
+
+
+def single_query_attention(q_NHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.Array,
+                           mask_B1TS: jax.Array | None = None) -> jax.Array:
+  """Attention of one query per row (a decoding step): out [N, H, K].
+
+  The same softmax(q·kᵀ/√d_k)·v as `dot_product_attention` with T = 1, written
+  as broadcast-multiply-and-sum over [B, S, H, K]: XLA fuses it into one pass
+  over the keys and values, where the einsum form transposes the whole cache
+  into a batched [B·H] matrix-vector product every step (slower on CPU).
+
+  q may have G times the rows of k and v: query row b·G + j attends over key
+  row b. Beam search uses this to let the k beams of a sentence share its
+  encoder keys/values instead of holding k copies. `mask_B1TS` (True = attend)
+  broadcasts to [N or B or 1, 1, 1, S].
+  """
+  rows, num_heads, head_dim = q_NHK.shape
+  batch, length = k_BSHK.shape[:2]
+  if rows % batch:
+    raise ValueError(f'{rows} query rows do not split into groups over {batch} key rows')
+  groups = rows // batch
+  q_BGHK = (q_NHK * jnp.asarray(head_dim ** -0.5, q_NHK.dtype)).reshape(
+      batch, groups, num_heads, head_dim)
+  # Products in the compute dtype, sums in float32 (as the einsum's accumulator would be).
+  scores_BGSH = jnp.sum((q_BGHK[:, :, None] * k_BSHK[:, None]).astype(jnp.float32), axis=-1)
+  if mask_B1TS is not None:
+    mask_MS = mask_B1TS.reshape(mask_B1TS.shape[0], mask_B1TS.shape[-1])
+    if mask_MS.shape[0] == rows and groups > 1:
+      mask_BGS = mask_MS.reshape(batch, groups, length)
+    else:  # one row per key row, or one row for all
+      mask_BGS = mask_MS[:, None, :]
+    scores_BGSH = jnp.where(mask_BGS[..., None], scores_BGSH, jnp.finfo(jnp.float32).min)
+  weights_BGSH = jax.nn.softmax(scores_BGSH, axis=2)
+  out_BGHK = jnp.sum((weights_BGSH.astype(v_BSHK.dtype)[..., None] * v_BSHK[:, None])
+                     .astype(jnp.float32), axis=2)
+  return out_BGHK.reshape(rows, num_heads, head_dim).astype(q_NHK.dtype)

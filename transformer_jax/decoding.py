@@ -80,9 +80,11 @@ def model_step_fn(model, inputs_BS, max_length: int, *, beam_size: int = 1,
   """The model as a step function over N = B·beam_size rows, and its initial state.
 
   Encodes once and projects the cross-attention keys/values once on the B
-  sentences; for beams, they are repeated k times (row b·k + j is beam j of
-  sentence b) and closed over, so beam search never gathers them. The state is
-  the self-attention cache only.
+  sentences. With beams (row b·k + j is beam j of sentence b) they stay at B
+  rows: a one-query attention step lets the k beams of a sentence read the
+  same keys (`single_query_attention`), so they are neither copied k times nor
+  gathered by beam search (they are closed over, not part of the state). The
+  state is the self-attention cache only.
   """
   inputs_BS = jnp.asarray(inputs_BS, jnp.int32)
   segmentation_BS = (inputs_BS != model.cfg.pad_id).astype(jnp.int32)
@@ -90,9 +92,7 @@ def model_step_fn(model, inputs_BS, max_length: int, *, beam_size: int = 1,
   cache = model.init_cache(memory_BSD, segmentation_BS, max_length)
   if beam_size > 1:
     repeat = lambda x: jnp.repeat(x, beam_size, axis=0)
-    cache = {'self_kv': [(repeat(k), repeat(v)) for k, v in cache['self_kv']],
-             'cross_kv': [(repeat(k), repeat(v)) for k, v in cache['cross_kv']],
-             'cross_mask': repeat(cache['cross_mask'])}
+    cache = {**cache, 'self_kv': [(repeat(k), repeat(v)) for k, v in cache['self_kv']]}
   fixed = {'cross_kv': cache['cross_kv'], 'cross_mask': cache['cross_mask']}
 
   def step_fn(tokens_N, step, self_kv):

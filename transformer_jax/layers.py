@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from transformer_jax.attention import dot_product_attention
+from transformer_jax.attention import dot_product_attention, single_query_attention
 from transformer_jax.config import TransformerConfig
 from transformer_jax.dropout import dropout
 
@@ -34,7 +34,7 @@ class LayerNorm(nnx.Module):
     mean = x.mean(-1, keepdims=True)
     var = jnp.square(x - mean).mean(-1, keepdims=True)
     y = (x - mean) * jax.lax.rsqrt(var + self.eps)
-    y = y * self.scale.value.astype(jnp.float32) + self.bias.value.astype(jnp.float32)
+    y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
     return y.astype(x_BTD.dtype)
 
 
@@ -73,7 +73,7 @@ class MultiHeadAttention(nnx.Module):
     self.self_attention = self_attention
 
   def _w(self, p):
-    return p.value.astype(self.cfg.compute_dtype)
+    return p[...].astype(self.cfg.compute_dtype)
 
   def project_qkv(self, x_BTD):
     """Self-attention: q, k, v each [B, T, H, K]."""
@@ -93,7 +93,18 @@ class MultiHeadAttention(nnx.Module):
     cfg = self.cfg
     attn_dropout = cfg.attention_dropout_rate if dropout_rng is not None else 0.0
     weights = None
-    if _use_cudnn(cfg, attn_dropout > 0.0, return_weights):
+    use_cudnn = _use_cudnn(cfg, attn_dropout > 0.0, return_weights)
+    one_query = (q_BTHK.shape[1] == 1 and attn_dropout == 0.0 and not return_weights
+                 and not use_cudnn)
+    rows, key_rows = q_BTHK.shape[0], k_BSHK.shape[0]
+    if key_rows != rows and not one_query:
+      # Beam rows sharing their sentence's keys: only the one-query path groups them.
+      k_BSHK, v_BSHK = (jnp.repeat(x, rows // key_rows, axis=0) for x in (k_BSHK, v_BSHK))
+      if mask_B1TS is not None and mask_B1TS.shape[0] == key_rows:
+        mask_B1TS = jnp.repeat(mask_B1TS, rows // key_rows, axis=0)
+    if one_query:
+      out_BTHK = single_query_attention(q_BTHK[:, 0], k_BSHK, v_BSHK, mask_B1TS)[:, None]
+    elif use_cudnn:
       out_BTHK = jax.nn.dot_product_attention(
           q_BTHK, k_BSHK, v_BSHK, mask=mask_B1TS,
           implementation='cudnn' if cfg.attention_impl == 'cudnn' else None)
@@ -133,6 +144,6 @@ class FeedForward(nnx.Module):
 
   def __call__(self, x_BTD, dropout_rng=None):
     dt = self.cfg.compute_dtype
-    h_BTF = jax.nn.relu(x_BTD @ self.w1_DF.value.astype(dt) + self.b1_F.value.astype(dt))
+    h_BTF = jax.nn.relu(x_BTD @ self.w1_DF[...].astype(dt) + self.b1_F[...].astype(dt))
     h_BTF = dropout(h_BTF, self.cfg.relu_dropout_rate, dropout_rng)
-    return h_BTF @ self.w2_FD.value.astype(dt) + self.b2_D.value.astype(dt)
+    return h_BTF @ self.w2_FD[...].astype(dt) + self.b2_D[...].astype(dt)
