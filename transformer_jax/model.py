@@ -124,14 +124,14 @@ class Transformer(nnx.Module):
   # -- pieces ---------------------------------------------------------------
   def embed(self, tokens_BT, positions_BT, dropout_rng=None):
     cfg = self.cfg
-    emb_VD = self.embedding_VD.value.astype(cfg.compute_dtype)
+    emb_VD = self.embedding_VD[...].astype(cfg.compute_dtype)
     x_BTD = jnp.take(emb_VD, tokens_BT, axis=0) * jnp.asarray(cfg.d_model ** 0.5, cfg.compute_dtype)
     x_BTD = x_BTD + sinusoidal_encoding(positions_BT, cfg.d_model).astype(cfg.compute_dtype)
     return dropout(x_BTD, cfg.dropout_rate, dropout_rng)
 
   def logits(self, y_BTD):
     """Output projection tied to the embedding; float32 logits for a stable loss."""
-    emb_VD = self.embedding_VD.value.astype(self.cfg.compute_dtype)
+    emb_VD = self.embedding_VD[...].astype(self.cfg.compute_dtype)
     return jnp.einsum('btd,vd->btv', y_BTD, emb_VD).astype(jnp.float32)
 
   def _maybe_remat(self, fn):

@@ -71,19 +71,22 @@ def logical_to_spec(logical_axes, shape, mesh) -> P:
 def param_shardings(abstract_params, mesh):
   """NamedShardings, by the rules above, for an nnx.State of Params."""
   def one(var):
-    axes = var.get_metadata().get('logical_axes', (None,) * len(var.value.shape))
-    return var.replace(NamedSharding(mesh, logical_to_spec(axes, var.value.shape, mesh)))
+    axes = var.get_metadata().get('logical_axes', (None,) * len(var.get_value().shape))
+    return var.replace(NamedSharding(mesh, logical_to_spec(axes, var.get_value().shape, mesh)))
   return jax.tree.map(one, abstract_params, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def state_shardings(abstract_state, tx, mesh):
-  """Shardings for a TrainState: optimizer moments follow their params; the rest replicated."""
+  """Shardings for a TrainState: optimizer moments and the EMA follow their params; the rest
+  replicated."""
   replicated = NamedSharding(mesh, P())
   params_sh = param_shardings(abstract_state.params, mesh)
   opt_sh = optax.tree_map_params(tx, lambda _, sh: sh, abstract_state.opt_state, params_sh,
                                  transform_non_params=lambda _: replicated,
                                  is_leaf=lambda x: isinstance(x, nnx.Variable))
-  return abstract_state.replace(step=replicated, params=params_sh, opt_state=opt_sh)
+  ema_sh = None if abstract_state.ema_params is None else params_sh
+  return abstract_state.replace(step=replicated, params=params_sh, opt_state=opt_sh,
+                                ema_params=ema_sh)
 
 
 def batch_sharding(mesh) -> NamedSharding:
