@@ -20,6 +20,8 @@ flags.DEFINE_float('alpha', 0.6, 'GNMT length penalty exponent: ((5+len)/6)^alph
 flags.DEFINE_integer('batch_size', 64, 'Sentences decoded together.', lower_bound=1)
 flags.DEFINE_integer('max_length', None, 'Longest translation in tokens (default: the model\'s).')
 flags.DEFINE_string('checkpoint', 'best', 'best | latest | <step> | average:N')
+flags.DEFINE_bool('ema', True, 'Use the EMA params of a run trained with ema_decay > 0 '
+                  '(--noema: the raw params).')
 flags.DEFINE_string('reference', None, 'Reference translations; prints sacreBLEU scores.')
 flags.DEFINE_string('score_file', None, 'Write the scores as JSON here instead of stderr.')
 FLAGS = flags.FLAGS
@@ -52,7 +54,7 @@ def main(argv):
       raise app.UsageError(f'--reference={FLAGS.reference} has {len(references)} lines but '
                            f'--input has {len(sources)}: they must align line by line')
   try:
-    translator = Translator(FLAGS.workdir, checkpoint=FLAGS.checkpoint)
+    translator = Translator(FLAGS.workdir, checkpoint=FLAGS.checkpoint, ema=FLAGS.ema)
   except (FileNotFoundError, ValueError) as e:
     raise app.UsageError(f'--workdir={FLAGS.workdir}: {e}') from None
   start = time.perf_counter()

@@ -22,6 +22,7 @@ def get_config():
   config.optimizer.schedule = 'rsqrt_cooldown'
   config.optimizer.cooldown_steps = 10
   config.average_last_n = 0
+  config.ema_decay = 0.9            # exercises the EMA in every training test
   config.time_limit_minutes = 0.0
   config.optimizer.learning_rate_scale = 2.0
   config.eval.batch_size = 16

@@ -23,6 +23,8 @@ def get_config():
   config.model.num_encoder_layers = 6
   config.model.num_decoder_layers = 6
   config.model.dropout_rate = 0.1
+  config.ema_decay = 0.0  # the paper averages the last 5 checkpoints instead
+  config.average_last_n = 5
   config.model.dtype = 'bfloat16'
   config.optimizer.schedule = 'rsqrt'
   config.optimizer.learning_rate_scale = 1.0

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+import chex
 import jax
 from jax.experimental.compilation_cache import compilation_cache
 import jax.numpy as jnp
@@ -32,6 +33,7 @@ from transformer_jax.checkpointing import Checkpointer, average_params, select_p
 from transformer_jax.data import MANUAL_DIR_ENV, make_train_iterator, prepare_multi30k  # noqa: E402
 from transformer_jax.losses import masked_token_metrics  # noqa: E402
 from transformer_jax.metrics_writer import read_metrics  # noqa: E402
+from transformer_jax import train_step as train_step_lib  # noqa: E402
 from transformer_jax.train_step import TrainState  # noqa: E402
 
 N = 12  # the resume test trains N, then N more steps
@@ -147,10 +149,10 @@ def abstract_params(workdir):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
 
 
-def restore_params(workdir, step):
+def restore_params(workdir, step, ema=True):
   checkpointer = Checkpointer(str(workdir), read_only=True)
   try:
-    return checkpointer.restore_params(abstract_params(workdir), step)
+    return checkpointer.restore_params(abstract_params(workdir), step, ema=ema)
   finally:
     checkpointer.close()
 
@@ -312,6 +314,11 @@ def test_resume_is_exact(straight_run, corpus, tmp_path):
   tokens = [straight[s]['num_tokens'] for s in range(1, 2 * N + 1)]
   assert tokens[N:] != tokens[:N] and len(set(tokens)) > 3
   assert_trees_equal(restore_params(resumed, 2 * N), restore_params(workdir, 2 * N))
+  # tiny.py trains with an EMA: the raw params resume exactly too, and differ from the EMA.
+  raw = restore_params(workdir, 2 * N, ema=False)
+  assert_trees_equal(restore_params(resumed, 2 * N, ema=False), raw)
+  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(raw),
+                                                       jax.tree.leaves(restore_params(workdir, 2 * N))))
 
 
 def test_sigkill_then_restart_resumes_from_the_last_checkpoint(corpus, compile_cache, tmp_path,
@@ -428,6 +435,7 @@ def test_unknown_config_key_fails_before_any_work(corpus, tmp_path):
 
 @pytest.mark.parametrize('key,value', [
     ('model.dropout_rate', 1.5),
+    ('ema_decay', 1.0),
     ('data.source_lang', 'fr'),
     ('batch_tokens', 16),  # smaller than data.max_length = 32
     ('num_train_steps', 0),
@@ -463,11 +471,12 @@ def test_resuming_with_a_different_model_is_refused(corpus, tmp_path):
 # --- checkpoints --------------------------------------------------------------------------
 
 
-def _save_steps(workdir, params_by_step, bleu_by_step):
+def _save_steps(workdir, params_by_step, bleu_by_step, ema_by_step=None):
   checkpointer = Checkpointer(str(workdir), keep=10)
   for step, params in params_by_step.items():
     state = TrainState(step=jnp.int32(step), params=params,
-                       opt_state={'count': jnp.zeros((), jnp.int32)})
+                       opt_state={'count': jnp.zeros((), jnp.int32)},
+                       ema_params=(ema_by_step or {}).get(step))
     checkpointer.save(state, {'train_seconds': 0.0}, {'bleu': bleu_by_step[step]})
   checkpointer.wait()
   return checkpointer
@@ -505,6 +514,44 @@ def test_select_params_best_latest_average_and_missing(tmp_path):
   with pytest.raises(ValueError, match='average:N'):
     select_params(checkpointer, abstract, 'first')
   checkpointer.close()
+
+
+def test_select_params_uses_the_ema_when_the_run_has_one(tmp_path):
+  checkpointer = _save_steps(tmp_path, {10: _tree(1.0), 20: _tree(3.0)}, {10: 5.0, 20: 2.0},
+                             ema_by_step={10: _tree(-1.0), 20: _tree(-3.0)})
+  params, description = select_params(checkpointer, _tree(0.0), 'best')
+  assert description == 'step 10 (EMA params)'
+  assert_trees_equal(params, _tree(-1.0))
+  params, description = select_params(checkpointer, _tree(0.0), 'average:2')
+  assert description == 'average of steps [10, 20] (EMA params)'
+  assert_trees_equal(params, _tree(-2.0))
+  assert_trees_equal(checkpointer.restore_params(_tree(0.0), 20, ema=False), _tree(3.0))
+  params, description = select_params(checkpointer, _tree(0.0), "latest", ema=False)
+  assert description == "step 20"
+  assert_trees_equal(params, _tree(3.0))
+  # The whole state round-trips, EMA included; a config with EMA cannot resume a run without.
+  abstract = TrainState(step=jnp.int32(0), params=_tree(0.0),
+                        opt_state={'count': jnp.zeros((), jnp.int32)}, ema_params=_tree(0.0))
+  state, meta = checkpointer.restore(abstract)
+  assert meta['step'] == 20
+  assert_trees_equal(state.ema_params, _tree(-3.0))
+  assert_trees_equal(state.params, _tree(3.0))
+  checkpointer.close()
+  plain = _save_steps(tmp_path / 'plain', {10: _tree(1.0)}, {10: 1.0})
+  with pytest.raises(ValueError, match='no EMA params.*ema_decay'):
+    plain.restore(abstract)
+  assert plain.restore(abstract.replace(ema_params=None))[0].ema_params is None
+  plain.close()
+
+
+def test_ema_update_warms_up_then_tracks_with_the_decay():
+  ema, params = _tree(1.0), _tree(12.0)
+  # Update 1: d = min(0.99, 2/11): the random init barely counts.
+  first = train_step_lib.ema_update(ema, params, 1, 0.99)
+  chex.assert_trees_all_close(first, jax.tree.map(lambda e, p: 2 / 11 * e + 9 / 11 * p, ema, params))
+  # Late: d = decay; a constant target is approached geometrically.
+  late = train_step_lib.ema_update(ema, params, 10_000, 0.9)
+  chex.assert_trees_all_close(late, jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, ema, params))
 
 
 def test_select_params_without_checkpoints_says_so(tmp_path):

@@ -1,6 +1,6 @@
 """Orbax checkpoints of a training run: params, optimizer, step, seed, data-iterator state.
 
-Layout: <workdir>/checkpoints/<step>/{params,opt_state,meta}. Orbax writes a
+Layout: <workdir>/checkpoints/<step>/{params,opt_state,meta[,ema_params]}. Orbax writes a
 step into a temporary directory and renames it when complete, so a process
 killed mid-save leaves the previous checkpoints intact.
 """
@@ -16,6 +16,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 BLEU_KEY = 'bleu'
+EMA_ITEM = 'ema_params'
 
 
 def _encode_iter_state(state: Any) -> Any:
@@ -47,7 +48,7 @@ class Checkpointer:
                                            read_only=read_only, best_fn=lambda m: m[BLEU_KEY],
                                            best_mode='max', cleanup_tmp_directories=not read_only)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=('params', 'opt_state', 'meta'))
+                                         item_names=('params', 'opt_state', 'meta', EMA_ITEM))
 
   def save(self, state, meta: dict, metrics: dict | None = None) -> None:
     step = int(jax.device_get(state.step))
@@ -56,30 +57,42 @@ class Checkpointer:
       meta['data_iterator'] = _encode_iter_state(meta['data_iterator'])
     if step in self.manager.all_steps():
       return
-    self.manager.save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(state.params),
-        opt_state=ocp.args.StandardSave(state.opt_state),
-        meta=ocp.args.JsonSave(meta)),
+    items = dict(params=ocp.args.StandardSave(state.params),
+                 opt_state=ocp.args.StandardSave(state.opt_state), meta=ocp.args.JsonSave(meta))
+    if state.ema_params is not None:
+      items[EMA_ITEM] = ocp.args.StandardSave(state.ema_params)
+    self.manager.save(step, args=ocp.args.Composite(**items),
         metrics=None if metrics is None else {BLEU_KEY: float(metrics[BLEU_KEY])}, force=True)
 
   def restore(self, abstract_state, step: int | None = None):
     """(state, meta) of `step` (default: latest); abstract_state gives structure and shardings."""
     step = self.latest_step() if step is None else step
-    out = self.manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract_state.params),
-        opt_state=ocp.args.StandardRestore(abstract_state.opt_state),
-        meta=ocp.args.JsonRestore()))
+    items = dict(params=ocp.args.StandardRestore(abstract_state.params),
+                 opt_state=ocp.args.StandardRestore(abstract_state.opt_state),
+                 meta=ocp.args.JsonRestore())
+    if abstract_state.ema_params is not None:
+      if not self.has_ema(step):
+        raise ValueError(f'checkpoint {step} in {self.directory} has no EMA params but the config '
+                         'sets ema_decay > 0: resume with the ema_decay the run was started with')
+      items[EMA_ITEM] = ocp.args.StandardRestore(abstract_state.ema_params)
+    out = self.manager.restore(step, args=ocp.args.Composite(**items))
     meta = dict(out['meta'])
     if 'data_iterator' in meta:
       meta['data_iterator'] = decode_iter_state(meta['data_iterator'])
     state = abstract_state.replace(step=np.int32(meta['step']), params=out['params'],
-                                   opt_state=out['opt_state'])
+                                   opt_state=out['opt_state'],
+                                   ema_params=out[EMA_ITEM] if EMA_ITEM in items else None)
     return state, meta
 
-  def restore_params(self, abstract_params, step: int):
+  def has_ema(self, step: int) -> bool:
+    return os.path.isdir(os.path.join(self.directory, str(step), EMA_ITEM))
+
+  def restore_params(self, abstract_params, step: int, ema: bool = True):
+    """The params of `step`: its EMA params when it has them and `ema` is set."""
+    item = EMA_ITEM if ema and self.has_ema(step) else 'params'
     out = self.manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract_params)))
-    return out['params']
+        **{item: ocp.args.StandardRestore(abstract_params)}))
+    return out[item]
 
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -109,8 +122,12 @@ def average_params(param_trees: list) -> Any:
                       + xs[0].astype(np.float32) / n, *param_trees)
 
 
-def select_params(checkpointer: Checkpointer, abstract_params, which: str = 'best'):
+def select_params(checkpointer: Checkpointer, abstract_params, which: str = 'best',
+                  ema: bool = True):
   """Params named by `which`: 'best', 'latest', a step number, or 'average:N' (last N).
+
+  A run trained with an EMA (ema_decay > 0) evaluates and translates with its EMA
+  params unless `ema` is False; the description says which.
 
   Returns (params, description). Raises FileNotFoundError when nothing fits.
   """
@@ -126,8 +143,9 @@ def select_params(checkpointer: Checkpointer, abstract_params, which: str = 'bes
   elif which.startswith('average:'):
     n = int(which.split(':', 1)[1])
     chosen = steps[-n:]
-    trees = [checkpointer.restore_params(abstract_params, s) for s in chosen]
-    return average_params(trees), f'average of steps {chosen}'
+    trees = [checkpointer.restore_params(abstract_params, s, ema) for s in chosen]
+    note = ' (EMA params)' if ema and checkpointer.has_ema(chosen[-1]) else ''
+    return average_params(trees), f'average of steps {chosen}{note}'
   elif which.isdigit():
     step = int(which)
     if step not in steps:
@@ -135,4 +153,5 @@ def select_params(checkpointer: Checkpointer, abstract_params, which: str = 'bes
                               f'available: {steps}')
   else:
     raise ValueError(f'checkpoint {which!r}: use best, latest, a step number or average:N')
-  return checkpointer.restore_params(abstract_params, step), f'step {step}'
+  note = ' (EMA params)' if ema and checkpointer.has_ema(step) else ''
+  return checkpointer.restore_params(abstract_params, step, ema), f'step {step}{note}'

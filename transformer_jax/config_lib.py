@@ -39,7 +39,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key in ('time_limit_minutes', 'optimizer.weight_decay', 'optimizer.grad_clip_norm',
               'optimizer.eps', 'eval.alpha'):
     _require(config, key, nonneg, 'must be a number >= 0')
-  for key in ('label_smoothing', 'model.dropout_rate', 'model.attention_dropout_rate',
+  for key in ('label_smoothing', 'ema_decay', 'model.dropout_rate', 'model.attention_dropout_rate',
               'model.relu_dropout_rate', 'optimizer.b1', 'optimizer.b2'):
     _require(config, key, lambda v: nonneg(v) and v < 1, 'must be in [0, 1)')
   _require(config, 'optimizer.learning_rate_scale', lambda v: nonneg(v) and v > 0,

@@ -23,6 +23,12 @@ class TrainState:
   step: jax.Array          # int32 scalar: number of updates applied
   params: Any              # nnx.State of the model's Params
   opt_state: Any
+  ema_params: Any = None   # exponential moving average of params (None: no EMA)
+
+  @property
+  def eval_params(self):
+    """The params to evaluate and translate with: the EMA when there is one."""
+    return self.params if self.ema_params is None else self.ema_params
 
 
 def make_optimizer(opt_cfg, *, d_model: int, total_steps: int):
@@ -45,10 +51,22 @@ def make_optimizer(opt_cfg, *, d_model: int, total_steps: int):
   return optax.chain(*parts), schedule
 
 
-def init_train_state(model: nnx.Module, tx) -> tuple[Any, TrainState]:
+def init_train_state(model: nnx.Module, tx, *, ema: bool = False) -> tuple[Any, TrainState]:
   graphdef, params = nnx.split(model, nnx.Param)
+  ema_params = jax.tree.map(jnp.copy, params) if ema else None
   return graphdef, TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                              opt_state=tx.init(params))
+                              opt_state=tx.init(params), ema_params=ema_params)
+
+
+def ema_update(ema_params, params, step, decay: float):
+  """ema ← d·ema + (1−d)·params with d = min(decay, (1+step)/(10+step)).
+
+  The warm-up of d keeps the first updates from averaging in the random init
+  (the EMA starts as a copy of the initial params); `step` counts updates from 1.
+  """
+  step = jnp.asarray(step, jnp.float32)
+  d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  return jax.tree.map(lambda e, p: (d * e + (1.0 - d) * p).astype(e.dtype), ema_params, params)
 
 
 def _forward(graphdef, params, batch, dropout_rng):
@@ -61,8 +79,11 @@ def _forward(graphdef, params, batch, dropout_rng):
 
 
 def train_step(state: TrainState, batch, dropout_key, *, graphdef, tx, schedule,
-               label_smoothing: float):
-  """One update. Dropout key = fold_in(dropout_key, step): reproducible on resume."""
+               label_smoothing: float, ema_decay: float = 0.0):
+  """One update. Dropout key = fold_in(dropout_key, step): reproducible on resume.
+
+  With `state.ema_params` set, it also moves the EMA towards the new params.
+  """
   step_key = jax.random.fold_in(dropout_key, state.step)
   weights = batch['targets_segmentation'] != 0
 
@@ -75,7 +96,11 @@ def train_step(state: TrainState, batch, dropout_key, *, graphdef, tx, schedule,
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {**sums, 'learning_rate': schedule(state.step), 'grad_norm': optax.global_norm(grads)}
-  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  ema_params = state.ema_params
+  if ema_params is not None:
+    ema_params = ema_update(ema_params, params, state.step + 1, ema_decay)
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                    ema_params=ema_params), metrics
 
 
 def eval_step(params, batch, *, graphdef, label_smoothing: float):

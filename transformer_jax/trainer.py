@@ -88,7 +88,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   model = run_setup.build_model(config, vocab.size)
   tx, schedule = make_optimizer(config.optimizer, d_model=config.model.d_model,
                                 total_steps=config.num_train_steps)
-  graphdef, state = init_train_state(model, tx)
+  graphdef, state = init_train_state(model, tx, ema=config.ema_decay > 0)
   del model
   state_sh = sharding.state_shardings(state, tx, mesh)
   state = jax.device_put(state, state_sh)
@@ -114,7 +114,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   batch_sh = sharding.batch_sharding(mesh)
   step_fn = jax.jit(functools.partial(train_step_fn, graphdef=graphdef, tx=tx, schedule=schedule,
-                                      label_smoothing=config.label_smoothing),
+                                      label_smoothing=config.label_smoothing,
+                                      ema_decay=config.ema_decay),
                     in_shardings=(state_sh, batch_sh, None), out_shardings=(state_sh, None),
                     donate_argnums=0)
   eval_fn = jax.jit(functools.partial(eval_step, graphdef=graphdef,
@@ -168,7 +169,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
       # The time limit is a normal end (evaluate, save, average), just an earlier one.
       if done % config.eval_every_steps == 0 or done == config.num_train_steps or time_up:
         eval_start = time.perf_counter()
-        results = _evaluate(config, eval_fn, decode, state.params, eval_data, vocab)
+        results = _evaluate(config, eval_fn, decode, state.eval_params, eval_data, vocab)
+        if state.ema_params is not None:  # measures what the EMA buys: the raw params' scores
+          final = done == config.num_train_steps or time_up
+          raw = (_evaluate(config, eval_fn, decode, state.params, eval_data, vocab) if final
+                 else evaluation.eval_loss(eval_fn, state.params, eval_data.batches))
+          results.update({f'raw_{k}': v for k, v in raw.items() if 'signature' not in k})
         results['train_minutes'] = meta['train_seconds'] / 60
         meta['best_bleu'] = max(meta['best_bleu'] or 0.0, results['bleu'])
         writer.write(done, results, prefix='eval_')

@@ -35,9 +35,10 @@ class Translator:
   Args:
     workdir: a work directory written by train.py (config.json, vocab/, checkpoints/).
     checkpoint: 'best' (highest validation BLEU), 'latest', a step, or 'average:N'.
+    ema: use the checkpoint's EMA params when the run kept them (ema_decay > 0).
   """
 
-  def __init__(self, workdir: str, checkpoint: str = 'best'):
+  def __init__(self, workdir: str, checkpoint: str = 'best', ema: bool = True):
     self.config = run_setup.read_config(workdir)
     self.vocab = run_setup.load_vocab(self.config, workdir)
     self.graphdef, abstract = run_setup.abstract_model(self.config, self.vocab.size)
@@ -45,7 +46,8 @@ class Translator:
     target = sharding.with_shardings(abstract, jax.tree.map(lambda _: device, abstract))
     checkpointer = Checkpointer(workdir, read_only=True)
     self._check_vocab(checkpointer)
-    self.params, self.checkpoint_description = select_params(checkpointer, target, checkpoint)
+    self.params, self.checkpoint_description = select_params(checkpointer, target, checkpoint,
+                                                                 ema)
     self.max_length = self.config.model.get('max_length', None) or max(
         self.config.data.max_length, self.config.eval.max_decode_length)
     self._decoders = {}
