@@ -225,3 +225,21 @@ def test_greedy_pads_after_eos_and_stops_when_every_row_has_ended():
                                           stop_early=stop_early)
     np.testing.assert_array_equal(result.tokens_BL, [[A, EOS, 0, 0, 0, 0], [A, A, A, EOS, 0, 0]])
     assert result.num_steps == steps
+
+
+def test_two_stage_candidates_equal_one_top_k_over_all_extensions_ties_included():
+  _check_two_stage(batch=5, beams=3, vocab=50, n_cand=6)
+  _check_two_stage(batch=2, beams=4, vocab=3, n_cand=8)  # fewer tokens than candidates
+
+
+def _check_two_stage(batch, beams, vocab, n_cand):
+  from transformer_jax.beam_search import _top_candidates
+  # Small integers: many exact ties, which both forms must order by beam, then token.
+  logp_BKV = -jax.random.randint(jax.random.key(0), (batch, beams, vocab), 0, 4).astype(
+      jnp.float32)
+  logp_BKV = logp_BKV.at[1].set(-jnp.inf).at[1, 2, vocab - 1].set(-1.0)  # one finite option
+  expected_logp, flat = jax.lax.top_k(logp_BKV.reshape(batch, beams * vocab), n_cand)
+  logp, parent, token = _top_candidates(logp_BKV, n_cand)
+  np.testing.assert_array_equal(logp, expected_logp)
+  np.testing.assert_array_equal(parent, flat // vocab)
+  np.testing.assert_array_equal(token, flat % vocab)

@@ -44,6 +44,22 @@ def _top(scores_BN, k, *arrays_BN_):
   return (top_scores,) + tuple(_take_beams(a, idx) for a in arrays_BN_)
 
 
+def _top_candidates(cand_logp_BKV, n_cand):
+  """The n_cand best (log-prob, parent beam, token) over all k·V extensions of a sentence.
+
+  Two stages: the n_cand best tokens of each beam, then the n_cand best of those
+  k·n_cand. Any global top-n_cand entry is in its beam's top n_cand, so this is
+  the one-stage top_k over [B, k·V], ties included (both order them by beam,
+  then token); XLA:CPU runs top_k over a 4×8k row ~3.5× slower than these two.
+  """
+  b, k, vocab = cand_logp_BKV.shape
+  per_beam = min(n_cand, vocab)  # a beam cannot give more than its vocabulary
+  beam_logp_BKP, beam_token_BKP = jax.lax.top_k(cand_logp_BKV, per_beam)
+  cand_logp_BC, j_BC = jax.lax.top_k(beam_logp_BKP.reshape(b, k * per_beam), n_cand)
+  token_BC = jnp.take_along_axis(beam_token_BKP.reshape(b, k * per_beam), j_BC, axis=1)
+  return cand_logp_BC, j_BC // per_beam, token_BC
+
+
 def beam_search_from_step_fn(
     step_fn: StepFn,
     state: Any,
@@ -114,8 +130,7 @@ def beam_search_from_step_fn(
     log_probs_NV, state = step_fn(last_N, step, state)
     vocab = log_probs_NV.shape[-1]
     cand_logp_BKV = live_logp[:, :, None] + log_probs_NV.reshape(b, k, vocab).astype(jnp.float32)
-    cand_logp_BC, flat_idx_BC = jax.lax.top_k(cand_logp_BKV.reshape(b, k * vocab), n_cand)
-    parent_BC, token_BC = flat_idx_BC // vocab, flat_idx_BC % vocab
+    cand_logp_BC, parent_BC, token_BC = _top_candidates(cand_logp_BKV, n_cand)
     cand_tokens_BCL = jax.lax.dynamic_update_index_in_dim(
         _take_beams(live_tokens, parent_BC), token_BC[:, :, None], step + 1, axis=2)
     ends_BC = token_BC == eos_id
