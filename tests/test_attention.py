@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from transformer_jax.attention import (dot_product_attention, merge_heads, single_query_attention,
-                                      split_heads)
+from transformer_jax.attention import (cache_layout, dot_product_attention, merge_heads,
+                                      single_query_attention, split_heads)
 
 B, T, S, H, K = 2, 5, 7, 3, 4
 
@@ -148,7 +148,7 @@ def test_single_query_attention_matches_the_einsum_form_with_shared_keys(mask_ro
   if mask_rows is not None:
     rows = {1: 1, 'keys': batch, 'queries': batch * groups}[mask_rows]
     mask = jax.random.bernoulli(keys[3], 0.7, (rows, 1, 1, length)).at[:, ..., 0].set(True)
-  out_NHK = single_query_attention(q_NHK, k_BSHK, v_BSHK, mask)
+  out_NHK = single_query_attention(q_NHK, *cache_layout(k_BSHK, v_BSHK), mask)
 
   repeat = lambda x: jnp.repeat(x, groups, axis=0)
   full_mask = None
@@ -160,4 +160,4 @@ def test_single_query_attention_matches_the_einsum_form_with_shared_keys(mask_ro
 
 def test_single_query_attention_rejects_rows_that_do_not_group():
   with pytest.raises(ValueError, match='5 query rows'):
-    single_query_attention(jnp.zeros((5, 2, 4)), jnp.zeros((2, 3, 2, 4)), jnp.zeros((2, 3, 2, 4)))
+    single_query_attention(jnp.zeros((5, 2, 4)), jnp.zeros((2, 2, 4, 3)), jnp.zeros((2, 2, 3, 4)))

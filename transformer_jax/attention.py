@@ -69,37 +69,43 @@ def dot_product_attention(
   return out_BTHK
 
 
-def single_query_attention(q_NHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.Array,
-                           mask_B1TS: jax.Array | None = None) -> jax.Array:
-  """Attention of one query per row (a decoding step): out [N, H, K].
 
-  The same softmax(q·kᵀ/√d_k)·v as `dot_product_attention` with T = 1, written
-  as broadcast-multiply-and-sum over [B, S, H, K]: XLA fuses it into one pass
-  over the keys and values, where the einsum form transposes the whole cache
-  into a batched [B·H] matrix-vector product every step (slower on CPU).
+def single_query_attention(q_NHK: jax.Array, k_BHKS: jax.Array, v_BHSK: jax.Array,
+                           mask_B1TS: jax.Array | None = None) -> jax.Array:
+  """Attention of one query per row (a decoding step) over a cache: out [N, H, K].
+
+  The same softmax(q·kᵀ/√d_k)·v as `dot_product_attention` with T = 1, for
+  keys stored [B, H, K, S] and values [B, H, S, K]: both products are then
+  plain batched matmuls (q[1, K]·Kᵀ[K, S], p[1, S]·V[S, K]) that XLA runs
+  without copying the cache into another layout each step, as it must for
+  [B, S, H, K] (the layout of the full pass).
 
   q may have G times the rows of k and v: query row b·G + j attends over key
   row b. Beam search uses this to let the k beams of a sentence share its
   encoder keys/values instead of holding k copies. `mask_B1TS` (True = attend)
-  broadcasts to [N or B or 1, 1, 1, S].
+  has 1, B or N rows and broadcasts to [·, 1, 1, S].
   """
   rows, num_heads, head_dim = q_NHK.shape
-  batch, length = k_BSHK.shape[:2]
+  batch, length = k_BHKS.shape[0], k_BHKS.shape[-1]
   if rows % batch:
     raise ValueError(f'{rows} query rows do not split into groups over {batch} key rows')
   groups = rows // batch
-  q_BGHK = (q_NHK * jnp.asarray(head_dim ** -0.5, q_NHK.dtype)).reshape(
-      batch, groups, num_heads, head_dim)
-  # Products in the compute dtype, sums in float32 (as the einsum's accumulator would be).
-  scores_BGSH = jnp.sum((q_BGHK[:, :, None] * k_BSHK[:, None]).astype(jnp.float32), axis=-1)
+  q_NHK = q_NHK * jnp.asarray(head_dim ** -0.5, q_NHK.dtype)
+  q_BHGK = q_NHK.reshape(batch, groups, num_heads, head_dim).transpose(0, 2, 1, 3)
+  scores_BHGS = jnp.einsum('bhgk,bhks->bhgs', q_BHGK, k_BHKS,
+                           preferred_element_type=jnp.float32)
   if mask_B1TS is not None:
     mask_MS = mask_B1TS.reshape(mask_B1TS.shape[0], mask_B1TS.shape[-1])
     if mask_MS.shape[0] == rows and groups > 1:
-      mask_BGS = mask_MS.reshape(batch, groups, length)
+      mask_B1GS = mask_MS.reshape(batch, 1, groups, length)
     else:  # one row per key row, or one row for all
-      mask_BGS = mask_MS[:, None, :]
-    scores_BGSH = jnp.where(mask_BGS[..., None], scores_BGSH, jnp.finfo(jnp.float32).min)
-  weights_BGSH = jax.nn.softmax(scores_BGSH, axis=2)
-  out_BGHK = jnp.sum((weights_BGSH.astype(v_BSHK.dtype)[..., None] * v_BSHK[:, None])
-                     .astype(jnp.float32), axis=2)
-  return out_BGHK.reshape(rows, num_heads, head_dim).astype(q_NHK.dtype)
+      mask_B1GS = mask_MS[:, None, None, :]
+    scores_BHGS = jnp.where(mask_B1GS, scores_BHGS, jnp.finfo(jnp.float32).min)
+  weights_BHGS = jax.nn.softmax(scores_BHGS, axis=-1)
+  out_BHGK = jnp.einsum('bhgs,bhsk->bhgk', weights_BHGS.astype(v_BHSK.dtype), v_BHSK)
+  return out_BHGK.transpose(0, 2, 1, 3).reshape(rows, num_heads, head_dim)
+
+
+def cache_layout(k_BSHK: jax.Array, v_BSHK: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Keys [B, S, H, K] -> [B, H, K, S] and values -> [B, H, S, K]: `single_query_attention`'s."""
+  return k_BSHK.transpose(0, 2, 3, 1), v_BSHK.transpose(0, 2, 1, 3)

@@ -93,18 +93,7 @@ class MultiHeadAttention(nnx.Module):
     cfg = self.cfg
     attn_dropout = cfg.attention_dropout_rate if dropout_rng is not None else 0.0
     weights = None
-    use_cudnn = _use_cudnn(cfg, attn_dropout > 0.0, return_weights)
-    one_query = (q_BTHK.shape[1] == 1 and attn_dropout == 0.0 and not return_weights
-                 and not use_cudnn)
-    rows, key_rows = q_BTHK.shape[0], k_BSHK.shape[0]
-    if key_rows != rows and not one_query:
-      # Beam rows sharing their sentence's keys: only the one-query path groups them.
-      k_BSHK, v_BSHK = (jnp.repeat(x, rows // key_rows, axis=0) for x in (k_BSHK, v_BSHK))
-      if mask_B1TS is not None and mask_B1TS.shape[0] == key_rows:
-        mask_B1TS = jnp.repeat(mask_B1TS, rows // key_rows, axis=0)
-    if one_query:
-      out_BTHK = single_query_attention(q_BTHK[:, 0], k_BSHK, v_BSHK, mask_B1TS)[:, None]
-    elif use_cudnn:
+    if _use_cudnn(cfg, attn_dropout > 0.0, return_weights):
       out_BTHK = jax.nn.dot_product_attention(
           q_BTHK, k_BSHK, v_BSHK, mask=mask_B1TS,
           implementation='cudnn' if cfg.attention_impl == 'cudnn' else None)
@@ -114,6 +103,15 @@ class MultiHeadAttention(nnx.Module):
       out_BTHK, weights = out if return_weights else (out, None)
     y_BTD = jnp.einsum('bthk,hkd->btd', out_BTHK, self._w(self.w_o_HKD))
     return y_BTD, weights
+
+  def attend_cached(self, q_N1HK, k_BHKS, v_BHSK, mask_B1TS):
+    """One decoding step's attention over cached keys/values, then the output projection.
+
+    Keys and values are in `single_query_attention`'s layout; q may have G rows
+    per key row (beams sharing their sentence's encoder keys). y [N, 1, D].
+    """
+    out_NHK = single_query_attention(q_N1HK[:, 0], k_BHKS, v_BHSK, mask_B1TS)
+    return jnp.einsum('nhk,hkd->nd', out_NHK, self._w(self.w_o_HKD))[:, None]
 
   def __call__(self, x_BTD, mask_B1TS, *, memory_BSD=None, dropout_rng=None,
                return_weights=False):

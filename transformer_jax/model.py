@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from transformer_jax import masks
+from transformer_jax.attention import cache_layout
 from transformer_jax.config import TransformerConfig
 from transformer_jax.dropout import dropout
 from transformer_jax.layers import FeedForward, LayerNorm, MultiHeadAttention, param
@@ -78,27 +79,28 @@ class DecoderLayer(nnx.Module):
                             _key(dropout_rng, 5))
     return y, (w_self, w_cross)
 
-  def step(self, y_B1D, step, self_kv, cross_kv, cross_mask_B11S):
-    """One decoding step with cached keys/values.
+  def step(self, y_N1D, step, self_kv, cross_kv, cross_mask_B11S):
+    """One decoding step with cached keys/values (layouts of `single_query_attention`).
 
-    self_kv: (k_BLHK, v_BLHK) of earlier positions (L = max decode length); the
-    new position's k, v are written at index `step`. cross_kv: the encoder
-    output's k, v, computed once per sentence by `project_kv`.
+    self_kv: (k_NHKL, v_NHLK) of earlier positions (L = max decode length); the
+    new position's k, v are written at index `step`. cross_kv: (k_BHKS, v_BHSK)
+    of the encoder output, computed once per sentence by `Transformer.init_cache`;
+    with beams, N = B·k rows read B rows of it.
     """
     k_cache, v_cache = self_kv
-    max_len = k_cache.shape[1]
+    max_len = k_cache.shape[-1]
 
     def self_attend(h):
       q, k, v = self.self_attention.project_qkv(h)
-      k_all = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), step, 1)
-      v_all = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), step, 1)
+      k_new, v_new = cache_layout(k.astype(k_cache.dtype), v.astype(v_cache.dtype))
+      k_all = jax.lax.dynamic_update_slice_in_dim(k_cache, k_new, step, 3)
+      v_all = jax.lax.dynamic_update_slice_in_dim(v_cache, v_new, step, 2)
       mask = (jnp.arange(max_len) <= step)[None, None, None, :]
-      y, _ = self.self_attention.attend(q, k_all, v_all, mask)
-      return y, (k_all, v_all)
+      return self.self_attention.attend_cached(q, k_all, v_all, mask), (k_all, v_all)
 
-    y, new_self_kv = self.self_residual(y_B1D, self_attend, None)
-    cross_q = lambda h: self.cross_attention.attend(
-        self.cross_attention.project_q(h), cross_kv[0], cross_kv[1], cross_mask_B11S)
+    y, new_self_kv = self.self_residual(y_N1D, self_attend, None)
+    cross_q = lambda h: (self.cross_attention.attend_cached(
+        self.cross_attention.project_q(h), cross_kv[0], cross_kv[1], cross_mask_B11S), None)
     y, _ = self.cross_residual(y, cross_q, None)
     y, _ = self.ff_residual(y, self.feed_forward, None)
     return y, new_self_kv
@@ -203,14 +205,18 @@ class Transformer(nnx.Module):
 
   # -- incremental decoding -------------------------------------------------
   def init_cache(self, memory_BSD, inputs_segmentation_BS, max_decode_length: int):
-    """Decoding cache: cross-attention k/v computed once, empty self-attention k/v."""
+    """Decoding cache: cross-attention k/v computed once, empty self-attention k/v.
+
+    Keys are stored [B, H, K, L] and values [B, H, L, K] (`attention.cache_layout`).
+    """
     cfg = self.cfg
     batch = memory_BSD.shape[0]
-    shape = (batch, max_decode_length, cfg.num_heads, cfg.head_dim)
-    empty = jnp.zeros(shape, cfg.compute_dtype)
+    empty_k = jnp.zeros((batch, cfg.num_heads, cfg.head_dim, max_decode_length), cfg.compute_dtype)
+    empty_v = jnp.zeros((batch, cfg.num_heads, max_decode_length, cfg.head_dim), cfg.compute_dtype)
     return {
-        'self_kv': [(empty, empty) for _ in self.decoder_layers],
-        'cross_kv': [layer.cross_attention.project_kv(memory_BSD) for layer in self.decoder_layers],
+        'self_kv': [(empty_k, empty_v) for _ in self.decoder_layers],
+        'cross_kv': [cache_layout(*layer.cross_attention.project_kv(memory_BSD))
+                     for layer in self.decoder_layers],
         'cross_mask': (inputs_segmentation_BS != 0)[:, None, None, :],
     }
 
