@@ -17,6 +17,7 @@ run() { local name=$1; shift; echo "== $name: $*"; "$@" 2>&1 | tee "$out/$name.t
 
 for i in 1 2 3; do
   run "decode_$i" "$py" benchmarks/decode.py
+  run "decode_bf16_$i" "$py" benchmarks/decode.py --dtype bfloat16
   if [ -n "$base" ]; then run "decode_base_$i" "$py" "$base/benchmarks/decode.py"; fi
 done
 run S_torch "$py" benchmarks/train_step.py --preset S --steps 6 --warmup 1 --compare-torch
