@@ -69,7 +69,6 @@ def dot_product_attention(
   return out_BTHK
 
 
-
 def single_query_attention(q_NHK: jax.Array, k_BHKS: jax.Array, v_BHSK: jax.Array,
                            mask_B1TS: jax.Array | None = None) -> jax.Array:
   """Attention of one query per row (a decoding step) over a cache: out [N, H, K].
