@@ -255,10 +255,13 @@ def test_tiny_model_learns_and_leaves_a_complete_workdir(straight_run):
   assert (workdir / 'config.json').is_file() and (workdir / 'vocab' / 'spm.model').is_file()
   assert checkpoint_steps(workdir) == [N, 2 * N]
   assert (workdir / 'checkpoints' / str(2 * N) / 'params').is_dir()
+  assert (workdir / 'checkpoints' / str(2 * N) / 'ema_params').is_dir()  # tiny.py keeps an EMA
+  # ... which is what is evaluated; the raw params are scored beside it at the end.
+  assert {'eval_raw_nll', 'eval_raw_bleu'} <= set(evals[0])
   assert list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
   params, description = select_params(Checkpointer(str(workdir), read_only=True),
                                       abstract_params(workdir), 'latest')
-  assert description == f'step {2 * N}'
+  assert description == f'step {2 * N} (EMA params)'
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
 
 
