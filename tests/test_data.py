@@ -3,6 +3,7 @@
 Most tests use a tiny synthetic corpus written into a temporary manual directory;
 the ones marked `multi30k` read the real data from `$MULTI30K_DIR`.
 """
+import functools
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from toy_corpus import toy_pairs, write_split
 from transformer_jax.data import (
     MANUAL_DIR_ENV, Multi30kDataError, Multi30kFileNotFoundError, check_language_pair,
     load_multi30k, load_or_train_vocab, make_eval_batches, make_train_iterator,
@@ -28,38 +30,18 @@ multi30k = pytest.mark.skipif(
     not (REAL_DIR and Path(REAL_DIR, 'train.en').is_file()),
     reason=f'{MANUAL_DIR_ENV} does not point at the Multi30k text files')
 
-# Word-aligned toy lexicon: line i of *.de translates line i of *.en word for word.
-EN = 'a dog cat man woman child runs jumps sits on the in red blue green park street ball'
-DE = ('ein Hund Katze Mann Frau Kind läuft springt sitzt auf dem im rot blau grün Park '
-      'Straße Ball')
 L, BATCH_TOKENS = 32, 128  # 4 rows of 32 tokens per training batch.
-
-
-def _toy_pairs(count, seed):
-  rng = np.random.default_rng(seed)
-  en_words, de_words = EN.split(), DE.split()
-  pairs = []
-  for i in range(count):
-    idx = rng.integers(0, len(en_words), size=rng.integers(2, 7))
-    pairs.append((' '.join(en_words[j] for j in idx) + f' {i}.',
-                  ' '.join(de_words[j] for j in idx) + f' {i}.'))
-  return pairs
-
-
-def _write_split(directory, stem, pairs):
-  for k, lang in enumerate(('en', 'de')):
-    Path(directory, f'{stem}.{lang}').write_text(
-        ''.join(p[k] + '\n' for p in pairs), encoding='utf-8')
 
 
 def _write_corpus(directory, *, test2016=False):
   """A manual directory of 40 train and 12 validation pairs; returns the pairs."""
   directory.mkdir(parents=True, exist_ok=True)
-  splits = {'train': _toy_pairs(40, 0), 'val': _toy_pairs(12, 1)}
+  pairs = functools.partial(toy_pairs, min_words=2, max_words=7, numbered=True)
+  splits = {'train': pairs(40, 0), 'val': pairs(12, 1)}
   if test2016:
-    splits['test_2016_flickr'] = _toy_pairs(5, 2)
+    splits['test_2016_flickr'] = pairs(5, 2)
   for stem, pairs in splits.items():
-    _write_split(directory, stem, pairs)
+    write_split(directory, stem, pairs)
   return splits
 
 
@@ -166,7 +148,7 @@ def test_unknown_split_lists_the_valid_ones(toy):
 def test_download_fetches_the_official_gz_files(tmp_path, monkeypatch):
   pairs = _write_corpus(tmp_path / 'raw')
   for split in multi30k_lib.DOWNLOADED_SPLITS[2:]:
-    _write_split(tmp_path / 'raw', multi30k_lib.SPLIT_FILE_STEMS[split], pairs['val'][:3])
+    write_split(tmp_path / 'raw', multi30k_lib.SPLIT_FILE_STEMS[split], pairs['val'][:3])
   requested = []
 
   def fake_download_and_extract(self, urls):
