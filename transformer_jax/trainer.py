@@ -11,19 +11,18 @@ import os
 import signal
 import time
 
-import jax
-import numpy as np
 from absl import logging
-from tqdm.auto import tqdm
-
+import jax
 from jax.experimental import multihost_utils
+import numpy as np
+from tqdm.auto import tqdm
 
 from transformer_jax import config_lib, decoding, evaluation, run_setup, sharding
 from transformer_jax.checkpointing import Checkpointer
 from transformer_jax.data import make_eval_batches, make_train_iterator
 from transformer_jax.metrics_writer import MetricsWriter
-from transformer_jax.train_step import eval_step, init_train_state, make_optimizer, summarize
 from transformer_jax.sharding import to_host
+from transformer_jax.train_step import eval_step, init_train_state, make_optimizer, summarize
 from transformer_jax.train_step import train_step as train_step_fn
 from transformer_jax.translator import file_sha256
 
