@@ -6,7 +6,6 @@ One output line per input line, in order. Scores (cased sacreBLEU with its
 signature, lowercased BLEU, chrF) go to stderr, or to --score_file as JSON.
 """
 import json
-import os
 import sys
 import time
 
@@ -28,21 +27,18 @@ FLAGS = flags.FLAGS
 
 
 def _read_lines(path: str, flag: str) -> list[str]:
-  if path == '-':
-    return [line.rstrip('\n') for line in sys.stdin]
-  if not os.path.exists(path):
-    raise app.UsageError(f'--{flag}={path}: file not found')
+  from transformer_jax.text_files import read_lines
   try:
-    with open(path, encoding='utf-8') as f:
-      return [line.rstrip('\n') for line in f]
-  except UnicodeDecodeError as e:
-    raise app.UsageError(f'--{flag}={path}: not valid UTF-8 ({e})') from None
+    return read_lines(path)
+  except (FileNotFoundError, ValueError) as e:
+    raise app.UsageError(f'--{flag}: {e}') from None
 
 
 def main(argv):
   del argv
   from tqdm.auto import tqdm
   from transformer_jax.evaluation import bleu_report
+  from transformer_jax.text_files import write_text_atomically
   from transformer_jax.trainer import quiet_libraries
   from transformer_jax.translator import Translator
   quiet_libraries()
@@ -66,11 +62,8 @@ def main(argv):
   text = ''.join(h + '\n' for h in hyps)
   if FLAGS.output == '-':
     sys.stdout.write(text)
-  else:  # write-then-rename: an interrupted run never leaves a half-written output
-    tmp = FLAGS.output + '.tmp'
-    with open(tmp, 'w', encoding='utf-8') as f:
-      f.write(text)
-    os.replace(tmp, FLAGS.output)
+  else:
+    write_text_atomically(FLAGS.output, text)
   print(f'translated {len(sources)} lines in {seconds:.1f}s with {translator.checkpoint_description}'
         + (f' ({translator.num_truncated} truncated)' if translator.num_truncated else ''),
         file=sys.stderr)
@@ -78,8 +71,7 @@ def main(argv):
     scores = {**bleu_report(hyps, references), 'seconds': round(seconds, 2),
               'checkpoint': translator.checkpoint_description}
     if FLAGS.score_file:
-      with open(FLAGS.score_file, 'w') as f:
-        json.dump(scores, f, indent=2)
+      write_text_atomically(FLAGS.score_file, json.dumps(scores, indent=2) + '\n')
     else:
       print(json.dumps(scores, indent=2), file=sys.stderr)
 

@@ -13,6 +13,7 @@ import ml_collections
 from flax import nnx
 
 from transformer_jax import config_lib
+from transformer_jax.text_files import write_text_atomically
 from transformer_jax.model import Transformer
 
 CONFIG_FILE = 'config.json'
@@ -57,10 +58,7 @@ def write_or_check_config(config: ml_collections.ConfigDict, workdir: str) -> No
             f'{path} was written with a different `{section}` section (keys {changed}); '
             f'resume with the same config, or train into a new --workdir')
   os.makedirs(workdir, exist_ok=True)
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(new, f, indent=2)
-  os.replace(tmp, path)
+  write_text_atomically(path, json.dumps(new, indent=2))
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
