@@ -7,6 +7,7 @@ train step, eval step and beam search compile once per worker, and later runs
 (in-process or `train.py` subprocesses) load them from disk.
 """
 import hashlib
+import json
 import os
 from pathlib import Path
 import shutil
@@ -28,13 +29,16 @@ if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))  # for `configs`
 
 from configs import tiny  # noqa: E402
+from toy_corpus import toy_pairs, write_split  # noqa: E402
 from transformer_jax import config_lib, run_setup, trainer  # noqa: E402
 from transformer_jax.checkpointing import Checkpointer, average_params, select_params  # noqa: E402
 from transformer_jax.data import MANUAL_DIR_ENV, make_train_iterator, prepare_multi30k  # noqa: E402
+from transformer_jax.evaluation import bleu_report, sweep_decoding  # noqa: E402
 from transformer_jax.losses import masked_token_metrics  # noqa: E402
 from transformer_jax.metrics_writer import read_metrics  # noqa: E402
 from transformer_jax import train_step as train_step_lib  # noqa: E402
 from transformer_jax.train_step import TrainState  # noqa: E402
+from transformer_jax.translator import Translator  # noqa: E402
 
 N = 12  # the resume test trains N, then N more steps
 # Shared by every run so that all of them compile the same programs.
@@ -51,12 +55,6 @@ OVERRIDES = {
 }
 TRAIN_KEYS = ('loss', 'nll', 'accuracy', 'num_tokens', 'learning_rate', 'grad_norm')
 
-# Word-aligned toy lexicon: line i of *.de translates line i of *.en word for word.
-EN = 'a dog cat man woman child runs jumps sits on the in red blue green park street ball'
-DE = ('ein Hund Katze Mann Frau Kind läuft springt sitzt auf dem im rot blau grün Park Straße '
-      'Ball')
-
-
 # --- fixtures and helpers -----------------------------------------------------------------
 
 
@@ -70,17 +68,6 @@ def _real_pairs(stem, count, max_words=9):
   return short[:count]
 
 
-def _toy_pairs(count, seed):
-  rng = np.random.default_rng(seed)
-  en_words, de_words = EN.split(), DE.split()
-  pairs = []
-  for _ in range(count):
-    idx = rng.integers(0, len(en_words), size=rng.integers(3, 9))
-    pairs.append((' '.join(en_words[j] for j in idx) + ' .', ' '.join(de_words[j] for j in idx)
-                  + ' .'))
-  return pairs
-
-
 @pytest.fixture(scope='module')
 def corpus(tmp_path_factory):
   """{'raw': manual dir with train/val files, 'data': prepared TFDS dir}, made once."""
@@ -89,10 +76,10 @@ def corpus(tmp_path_factory):
   if real and Path(real, 'train.en').is_file():
     splits = {'train': _real_pairs('train', 300), 'val': _real_pairs('val', 40)}
   else:
-    splits = {'train': _toy_pairs(300, 0), 'val': _toy_pairs(40, 1)}
+    splits = {'train': toy_pairs(300, 0, min_words=3, max_words=9),
+              'val': toy_pairs(40, 1, min_words=3, max_words=9)}
   for stem, pairs in splits.items():
-    for k, lang in enumerate(('en', 'de')):
-      (raw / f'{stem}.{lang}').write_text(''.join(p[k] + '\n' for p in pairs), encoding='utf-8')
+    write_split(raw, stem, pairs)
   data = tmp_path_factory.mktemp('tfds')
   prepare_multi30k(data, raw)
   return {'raw': raw, 'data': data}
@@ -562,6 +549,63 @@ def test_select_params_without_checkpoints_says_so(tmp_path):
   with pytest.raises(FileNotFoundError, match='no checkpoints'):
     select_params(checkpointer, _tree(0.0), 'best')
   checkpointer.close()
+
+
+# --- translating a trained run ------------------------------------------------------------
+
+
+def _val_text(corpus):
+  return [(corpus['raw'] / f'val.{lang}').read_text(encoding='utf-8').splitlines()
+          for lang in ('en', 'de')]
+
+
+def test_translate_cli_writes_what_the_translator_gives(straight_run, corpus, tmp_path):
+  workdir, _ = straight_run
+  sources, references = _val_text(corpus)
+  expected = Translator(str(workdir), checkpoint='latest').translate(sources, beam_size=2)
+  output, scores = tmp_path / 'val.hyp.de', tmp_path / 'scores.json'
+  subprocess.run([sys.executable, 'translate.py', '--workdir', str(workdir), '--checkpoint',
+                  'latest', '--beam_size', '2', '--input', str(corpus['raw'] / 'val.en'),
+                  '--output', str(output), '--reference', str(corpus['raw'] / 'val.de'),
+                  '--score_file', str(scores)], cwd=REPO, check=True, capture_output=True)
+  assert output.read_text(encoding='utf-8').splitlines() == expected
+  assert json.loads(scores.read_text())['bleu'] == bleu_report(expected, references)['bleu']
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['scores.json', 'val.hyp.de']  # no .tmp
+
+
+def test_decoding_sweep_scores_each_setting_like_a_direct_translation(straight_run, corpus):
+  workdir, _ = straight_run
+  sources, references = _val_text(corpus)
+  translator = Translator(str(workdir), checkpoint='latest')
+  results = list(sweep_decoding(
+      lambda beam, alpha: translator.translate(sources, beam_size=beam, alpha=alpha),
+      references, beam_sizes=[1, 2], alphas=[0.0, 1.0]))
+  assert [(r['beam_size'], r['alpha']) for r in results] == [(1, None), (2, 0.0), (2, 1.0)]
+  for r in results:
+    direct = translator.translate(sources, beam_size=r['beam_size'], alpha=r['alpha'] or 0.0)
+    assert {k: r[k] for k in ('bleu', 'chrf')} == {
+        k: bleu_report(direct, references)[k] for k in ('bleu', 'chrf')}
+    assert r['bleu_signature'].startswith('nrefs:1|case:mixed|eff:no|tok:13a')
+
+
+def test_sweep_script_appends_one_line_per_setting_and_checks_its_flags(straight_run, corpus,
+                                                                        tmp_path):
+  workdir, _ = straight_run
+  script = [sys.executable, 'scripts/sweep_decoding.py', '--workdir', str(workdir),
+            '--checkpoint', 'latest', '--input', str(corpus['raw'] / 'val.en'),
+            '--reference', str(corpus['raw'] / 'val.de')]
+  bad = subprocess.run(script + ['--beam_sizes=4,x'], cwd=REPO, capture_output=True, text=True)
+  assert bad.returncode != 0
+  assert '--beam_sizes=4,x: not a comma-separated list of ints' in bad.stderr
+  output = tmp_path / 'sweep.jsonl'
+  output.write_text('{"kept": "an earlier sweep"}\n')
+  done = subprocess.run(script + ['--beam_sizes=1,2', '--alphas=0.6', '--output', str(output)],
+                        cwd=REPO, capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr[-3000:]
+  lines = [json.loads(line) for line in output.read_text().splitlines()]
+  assert lines[0] == {'kept': 'an earlier sweep'}
+  assert [(r['beam_size'], r['alpha']) for r in lines[1:]] == [(1, None), (2, 0.6)]
+  assert 'best on' in done.stderr
 
 
 # --- the paper's base configuration -------------------------------------------------------

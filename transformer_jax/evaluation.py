@@ -1,7 +1,8 @@
 """Validation: loss over eval batches, and corpus BLEU of decoded translations (sacreBLEU)."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import time
+from typing import Callable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -46,3 +47,20 @@ def bleu_report(hypotheses: Sequence[str], references: Sequence[str]) -> dict:
   return {'bleu': round(score.score, 2), 'bleu_lowercase': round(lower.score, 2),
           'chrf': round(chrf.score, 2), 'bleu_signature': str(cased.get_signature()),
           'chrf_signature': str(chrf_metric.get_signature())}
+
+
+def sweep_decoding(translate: Callable[[int, float], Sequence[str]], references: Sequence[str],
+                   beam_sizes: Sequence[int], alphas: Sequence[float]) -> Iterator[dict]:
+  """bleu_report of `translate(beam_size, alpha)` for each setting of the grid, as it goes.
+
+  Greedy decoding (beam 1) has no length penalty: it is decoded once, with alpha None.
+  'seconds' includes compiling each new decoder. A generator, so that the caller can save each
+  (slow) result before the next one starts.
+  """
+  for beam_size in beam_sizes:
+    for alpha in ([None] if beam_size == 1 else alphas):
+      start = time.perf_counter()
+      hypotheses = translate(beam_size, 0.0 if alpha is None else alpha)
+      seconds = time.perf_counter() - start
+      yield {'beam_size': beam_size, 'alpha': alpha, **bleu_report(hypotheses, references),
+             'seconds': round(seconds, 2)}
