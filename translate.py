@@ -14,8 +14,10 @@ from absl import app, flags
 flags.DEFINE_string('workdir', None, 'Work directory written by train.py.', required=True)
 flags.DEFINE_string('input', '-', 'Source sentences, one per line; - = stdin.')
 flags.DEFINE_string('output', '-', 'Where translations go, one per line; - = stdout.')
-flags.DEFINE_integer('beam_size', 4, 'Beam size; 1 = greedy.', lower_bound=1)
-flags.DEFINE_float('alpha', 0.6, 'GNMT length penalty exponent: ((5+len)/6)^alpha.', lower_bound=0)
+flags.DEFINE_integer('beam_size', None, "Beam size; 1 = greedy (default: the run's "
+                     'eval.beam_size, the one its validation BLEU was measured with).', lower_bound=1)
+flags.DEFINE_float('alpha', None, "GNMT length penalty exponent: ((5+len)/6)^alpha (default: the "
+                   "run's eval.alpha).", lower_bound=0)
 flags.DEFINE_integer('batch_size', 64, 'Sentences decoded together.', lower_bound=1)
 flags.DEFINE_integer('max_length', None, 'Longest translation in tokens (default: the model\'s).')
 flags.DEFINE_string('checkpoint', 'best', 'best | latest | <step> | average:N')
@@ -26,36 +28,21 @@ flags.DEFINE_string('score_file', None, 'Write the scores as JSON here instead o
 FLAGS = flags.FLAGS
 
 
-def _read_lines(path: str, flag: str) -> list[str]:
-  from transformer_jax.text_files import read_lines
-  try:
-    return read_lines(path)
-  except (FileNotFoundError, ValueError) as e:
-    raise app.UsageError(f'--{flag}: {e}') from None
-
-
 def main(argv):
   del argv
   from tqdm.auto import tqdm
+  from transformer_jax.cli_inputs import load_translator, read_sources_and_references
   from transformer_jax.evaluation import bleu_report
   from transformer_jax.text_files import write_text_atomically
   from transformer_jax.trainer import quiet_libraries
-  from transformer_jax.translator import Translator
   quiet_libraries()
-  sources = _read_lines(FLAGS.input, 'input')
-  references = None
-  if FLAGS.reference:
-    references = _read_lines(FLAGS.reference, 'reference')
-    if len(references) != len(sources):
-      raise app.UsageError(f'--reference={FLAGS.reference} has {len(references)} lines but '
-                           f'--input has {len(sources)}: they must align line by line')
-  try:
-    translator = Translator(FLAGS.workdir, checkpoint=FLAGS.checkpoint, ema=FLAGS.ema)
-  except (FileNotFoundError, ValueError) as e:
-    raise app.UsageError(f'--workdir={FLAGS.workdir}: {e}') from None
+  sources, references = read_sources_and_references(FLAGS.input, FLAGS.reference)
+  translator = load_translator(FLAGS.workdir, FLAGS.checkpoint, FLAGS.ema)
+  beam_size = FLAGS.beam_size or translator.config.eval.beam_size
+  alpha = translator.config.eval.alpha if FLAGS.alpha is None else FLAGS.alpha
   start = time.perf_counter()
   with tqdm(total=len(sources), unit='sent', disable=FLAGS.input == '-', file=sys.stderr) as bar:
-    hyps = translator.translate(sources, beam_size=FLAGS.beam_size, alpha=FLAGS.alpha,
+    hyps = translator.translate(sources, beam_size=beam_size, alpha=alpha,
                                 batch_size=FLAGS.batch_size, max_length=FLAGS.max_length,
                                 progress=bar.update)
   seconds = time.perf_counter() - start
@@ -65,10 +52,12 @@ def main(argv):
   else:
     write_text_atomically(FLAGS.output, text)
   print(f'translated {len(sources)} lines in {seconds:.1f}s with {translator.checkpoint_description}'
+        f', beam {beam_size}, alpha {alpha}'
         + (f' ({translator.num_truncated} truncated)' if translator.num_truncated else ''),
         file=sys.stderr)
   if references is not None:
     scores = {**bleu_report(hyps, references), 'seconds': round(seconds, 2),
+              'beam_size': beam_size, 'alpha': alpha,
               'checkpoint': translator.checkpoint_description}
     if FLAGS.score_file:
       write_text_atomically(FLAGS.score_file, json.dumps(scores, indent=2) + '\n')

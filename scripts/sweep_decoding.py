@@ -44,22 +44,12 @@ def main(argv):
   del argv
   beam_sizes = _parse_grid(FLAGS.beam_sizes, 'beam_sizes', int, 1)
   alphas = _parse_grid(FLAGS.alphas, 'alphas', float, 0.0)
+  from transformer_jax.cli_inputs import load_translator, read_sources_and_references
   from transformer_jax.evaluation import sweep_decoding
-  from transformer_jax.text_files import read_lines
   from transformer_jax.trainer import quiet_libraries
-  from transformer_jax.translator import Translator
   quiet_libraries()
-  try:
-    sources, references = read_lines(FLAGS.input), read_lines(FLAGS.reference)
-  except (FileNotFoundError, ValueError) as e:
-    raise app.UsageError(str(e)) from None
-  if len(sources) != len(references):
-    raise app.UsageError(f'--reference={FLAGS.reference} has {len(references)} lines but '
-                         f'--input has {len(sources)}: they must align line by line')
-  try:
-    translator = Translator(FLAGS.workdir, checkpoint=FLAGS.checkpoint, ema=FLAGS.ema)
-  except (FileNotFoundError, ValueError) as e:
-    raise app.UsageError(f'--workdir={FLAGS.workdir}: {e}') from None
+  sources, references = read_sources_and_references(FLAGS.input, FLAGS.reference)
+  translator = load_translator(FLAGS.workdir, FLAGS.checkpoint, FLAGS.ema)
 
   def translate(beam_size, alpha):
     return translator.translate(sources, beam_size=beam_size, alpha=alpha,

@@ -562,10 +562,13 @@ def _val_text(corpus):
 def test_translate_cli_writes_what_the_translator_gives(straight_run, corpus, tmp_path):
   workdir, _ = straight_run
   sources, references = _val_text(corpus)
-  expected = Translator(str(workdir), checkpoint='latest').translate(sources, beam_size=2)
+  translator = Translator(str(workdir), checkpoint='latest')
+  # Without --beam_size/--alpha it decodes like the run's evaluation did.
+  expected = translator.translate(sources, beam_size=translator.config.eval.beam_size,
+                                  alpha=translator.config.eval.alpha)
   output, scores = tmp_path / 'val.hyp.de', tmp_path / 'scores.json'
   subprocess.run([sys.executable, 'translate.py', '--workdir', str(workdir), '--checkpoint',
-                  'latest', '--beam_size', '2', '--input', str(corpus['raw'] / 'val.en'),
+                  'latest', '--input', str(corpus['raw'] / 'val.en'),
                   '--output', str(output), '--reference', str(corpus['raw'] / 'val.de'),
                   '--score_file', str(scores)], cwd=REPO, check=True, capture_output=True)
   assert output.read_text(encoding='utf-8').splitlines() == expected
