@@ -29,7 +29,7 @@ from flax import nnx  # noqa: E402
 from transformer_jax import decoding  # noqa: E402
 from transformer_jax.config import TransformerConfig  # noqa: E402
 from transformer_jax.model import Transformer  # noqa: E402
-from benchmarks.train_step import PEAK_N, _timed, make_peak_matmul  # noqa: E402
+from benchmarks.train_step import PEAK_N, timed, make_peak_matmul  # noqa: E402
 
 # The issue's targets (sentences/s), set on a machine whose 2048³ f32 matmul ran at ~460 GFLOP/s;
 # `scaled_target_*` rescales them by this machine's matmul rate measured in the same process.
@@ -88,10 +88,10 @@ def main(argv=None):
                                **common)
   load_before = os.getloadavg()[0]
   matmul = make_peak_matmul()
-  matmul_s = [_timed(matmul) for _ in range(5)]
+  matmul_s = [timed(matmul) for _ in range(5)]
   compile_g, median_g, runs_g, cores_g = _time(greedy, state, inputs_BS, repeats=args.repeats)
   compile_b, median_b, runs_b, cores_b = _time(beam, state, inputs_BS, repeats=args.repeats)
-  matmul_s += [_timed(matmul) for _ in range(5)]
+  matmul_s += [timed(matmul) for _ in range(5)]
   peak_gflops = 2 * PEAK_N ** 3 / statistics.median(matmul_s) / 1e9
   scale = peak_gflops / TARGET_MACHINE_GFLOPS
   print(f'greedy: {[round(r, 3) for r in runs_g]} s per batch, {cores_g:.2f} cores busy')

@@ -185,7 +185,8 @@ def make_torch_step(p, rates, batch):
   return run, torch.get_num_threads()
 
 
-def _timed(fn) -> float:
+def timed(fn) -> float:
+  """Wall seconds of one call of `fn`, which must block until its result is ready."""
   start = time.perf_counter()
   fn()
   return time.perf_counter() - start
@@ -218,7 +219,7 @@ def main(argv=None):
                           remat=args.remat)
   batch = random_batch(p)
   jax_step, lower_compile_s = make_jax_step(cfg, batch)
-  first_call_s = lower_compile_s + _timed(jax_step)  # compilation + the first execution
+  first_call_s = lower_compile_s + timed(jax_step)  # compilation + the first execution
   for _ in range(args.warmup):
     jax_step()
   peak_rss_mb = _rss_mb()
@@ -238,11 +239,11 @@ def main(argv=None):
 
   matmul_s, step_s, torch_s = [], [], []
   for _ in range(args.steps):
-    matmul_s.extend(_timed(matmul) for _ in range(MATMULS_PER_ROUND))
-    step_s.append(_timed(jax_step))
+    matmul_s.extend(timed(matmul) for _ in range(MATMULS_PER_ROUND))
+    step_s.append(timed(jax_step))
     if torch_step is not None:
-      torch_s.append(_timed(torch_step))
-  matmul_s.extend(_timed(matmul) for _ in range(MATMULS_PER_ROUND))
+      torch_s.append(timed(torch_step))
+  matmul_s.extend(timed(matmul) for _ in range(MATMULS_PER_ROUND))
 
   step = statistics.median(step_s)
   peak_gflops = 2 * PEAK_N ** 3 / statistics.median(matmul_s) / 1e9

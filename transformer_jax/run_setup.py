@@ -13,8 +13,8 @@ import ml_collections
 from flax import nnx
 
 from transformer_jax import config_lib
-from transformer_jax.text_files import write_text_atomically
 from transformer_jax.model import Transformer
+from transformer_jax.text_files import write_text_atomically
 
 CONFIG_FILE = 'config.json'
 VOCAB_DIR = 'vocab'
