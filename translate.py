@@ -38,8 +38,7 @@ def main(argv):
   quiet_libraries()
   sources, references = read_sources_and_references(FLAGS.input, FLAGS.reference)
   translator = load_translator(FLAGS.workdir, FLAGS.checkpoint, FLAGS.ema)
-  beam_size = FLAGS.beam_size or translator.config.eval.beam_size
-  alpha = translator.config.eval.alpha if FLAGS.alpha is None else FLAGS.alpha
+  beam_size, alpha = translator.decoding_settings(FLAGS.beam_size, FLAGS.alpha)
   start = time.perf_counter()
   with tqdm(total=len(sources), unit='sent', disable=FLAGS.input == '-', file=sys.stderr) as bar:
     hyps = translator.translate(sources, beam_size=beam_size, alpha=alpha,

@@ -564,8 +564,9 @@ def test_translate_cli_writes_what_the_translator_gives(straight_run, corpus, tm
   sources, references = _val_text(corpus)
   translator = Translator(str(workdir), checkpoint='latest')
   # Without --beam_size/--alpha it decodes like the run's evaluation did.
-  expected = translator.translate(sources, beam_size=translator.config.eval.beam_size,
-                                  alpha=translator.config.eval.alpha)
+  expected = translator.translate(sources)
+  assert translator.decoding_settings() == (translator.config.eval.beam_size,
+                                            translator.config.eval.alpha)
   output, scores = tmp_path / 'val.hyp.de', tmp_path / 'scores.json'
   subprocess.run([sys.executable, 'translate.py', '--workdir', str(workdir), '--checkpoint',
                   'latest', '--input', str(corpus['raw'] / 'val.en'),
@@ -574,6 +575,22 @@ def test_translate_cli_writes_what_the_translator_gives(straight_run, corpus, tm
   assert output.read_text(encoding='utf-8').splitlines() == expected
   assert json.loads(scores.read_text())['bleu'] == bleu_report(expected, references)['bleu']
   assert sorted(p.name for p in tmp_path.iterdir()) == ['scores.json', 'val.hyp.de']  # no .tmp
+
+
+def test_translator_decodes_with_the_runs_eval_settings_unless_told(straight_run, corpus):
+  workdir, _ = straight_run
+  sources, _ = _val_text(corpus)
+  translator = Translator(str(workdir), checkpoint='latest')
+  # A run whose config chose other settings (as the de→en config chose α 1.0 on val).
+  translator.config.eval.beam_size, translator.config.eval.alpha = 3, 1.5
+  assert translator.decoding_settings() == (3, 1.5)
+  assert translator.decoding_settings(beam_size=1) == (1, 1.5)
+  assert translator.decoding_settings(alpha=0.0) == (3, 0.0)  # 0 is a value, not "unset"
+  sources = sources[:8]
+  assert translator.translate(sources) == translator.translate(sources, beam_size=3, alpha=1.5)
+  for bad in ({'beam_size': 0}, {'beam_size': 2.0}, {'alpha': -0.1}, {'alpha': float('nan')}):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+      translator.translate(sources, **bad)
 
 
 def test_decoding_sweep_scores_each_setting_like_a_direct_translation(straight_run, corpus):

@@ -91,14 +91,32 @@ class Translator:
     self.num_truncated = truncated
     return [x[:keep] + [self.vocab.eos_id] if x else [] for x in ids]
 
-  def translate(self, sentences: Sequence[str], *, beam_size: int = 4, alpha: float = 0.6,
-                batch_size: int = 64, max_length: int | None = None,
-                progress=None) -> list[str]:
+  def decoding_settings(self, beam_size: int | None = None,
+                        alpha: float | None = None) -> tuple[int, float]:
+    """(beam size, α) to decode with: the arguments, or else the run's own eval settings.
+
+    The run's `eval.beam_size`/`eval.alpha` are the ones its logged validation BLEU was
+    measured with (and α may have been chosen per direction on val), so a caller who says
+    nothing gets the translations that score matches.
+    """
+    beam_size = self.config.eval.beam_size if beam_size is None else beam_size
+    alpha = self.config.eval.alpha if alpha is None else alpha
+    if not isinstance(beam_size, int) or isinstance(beam_size, bool) or beam_size < 1:
+      raise ValueError(f'beam_size must be an integer >= 1 (1 = greedy), got {beam_size!r}')
+    if not alpha >= 0:
+      raise ValueError(f'alpha (the length penalty exponent) must be >= 0, got {alpha!r}')
+    return beam_size, float(alpha)
+
+  def translate(self, sentences: Sequence[str], *, beam_size: int | None = None,
+                alpha: float | None = None, batch_size: int = 64,
+                max_length: int | None = None, progress=None) -> list[str]:
     """Translations in input order; empty inputs give empty outputs.
 
-    Sentences are sorted by length into batches (less padding) and put back in
-    order. `progress`, if given, is called with the number of sentences done.
+    `beam_size` and `alpha` default to the run's `eval.beam_size` and `eval.alpha`
+    (`decoding_settings`). Sentences are sorted by length into batches (less padding)
+    and put back in order. `progress`, if given, is called with the number of sentences done.
     """
+    beam_size, alpha = self.decoding_settings(beam_size, alpha)
     sources = self.encode_sources(sentences)
     out = [''] * len(sources)
     order = sorted((i for i, s in enumerate(sources) if s), key=lambda i: len(sources[i]))
