@@ -1,11 +1,13 @@
 """The learning-rate schedule and the label-smoothed loss against hand computations."""
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from transformer_jax.losses import label_smoothed_cross_entropy, masked_token_metrics
+from transformer_jax.losses import (label_is_a_top_prediction, label_smoothed_cross_entropy,
+                                   masked_token_metrics)
 from transformer_jax.schedules import make_schedule, rsqrt_cooldown_schedule, rsqrt_schedule
 
 D_MODEL, WARMUP = 512, 4000
@@ -141,6 +143,58 @@ def test_predicting_the_smoothed_target_scores_zero(smoothing):
   worse, _ = label_smoothed_cross_entropy(jnp.asarray(one_hot * 5.0, jnp.float32),
                                           jnp.asarray(targets), smoothing)
   assert np.all(np.asarray(worse) > 0.01)
+
+
+def _autodiff_reference(logits, targets, smoothing):
+  """The loss as the formula reads, through log_softmax: what autodiff differentiates."""
+  vocab = logits.shape[-1]
+  log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  q = jax.nn.one_hot(targets, vocab) * (1 - smoothing - smoothing / (vocab - 1)) + smoothing / (
+      vocab - 1)
+  entropy = -(q * jnp.log(jnp.where(q > 0, q, 1.0))).sum(-1)
+  nll = -jnp.take_along_axis(log_p, targets[..., None], axis=-1)[..., 0]
+  return -(q * log_p).sum(-1) - entropy, nll
+
+
+@pytest.mark.parametrize('smoothing', [0.0, 0.1, 0.3])
+def test_hand_written_gradient_equals_autodiff_of_the_formula(logits_and_targets, smoothing):
+  logits, targets = (jnp.asarray(a) for a in logits_and_targets)
+  # Different weights on the loss and the nll, so both cotangents of the VJP are exercised.
+  w_loss = jnp.asarray(np.random.default_rng(1).uniform(size=targets.shape), jnp.float32)
+  w_nll = 0.3 * (1.0 - w_loss)
+
+  def objective(fn, x):
+    loss, nll = fn(x, targets, smoothing)
+    return (w_loss * loss).sum() + (w_nll * nll).sum()
+
+  got = jax.jit(jax.grad(lambda x: objective(label_smoothed_cross_entropy, x)))(logits)
+  want = jax.grad(lambda x: objective(_autodiff_reference, x))(logits)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  # The gradient of the loss alone is p - q: each row sums to zero.
+  row = jax.grad(lambda x: label_smoothed_cross_entropy(x, targets, smoothing)[0].sum())(logits)
+  np.testing.assert_allclose(row.sum(-1), 0.0, atol=1e-5)
+
+
+def test_gradient_keeps_the_logits_dtype(logits_and_targets):
+  logits, targets = logits_and_targets
+  logits_bf16 = jnp.asarray(logits, jnp.bfloat16)
+  grad = jax.grad(lambda x: label_smoothed_cross_entropy(x, jnp.asarray(targets), 0.1)[0].sum())(
+      logits_bf16)
+  assert grad.dtype == jnp.bfloat16
+  loss, _ = label_smoothed_cross_entropy(logits_bf16, jnp.asarray(targets), 0.1)
+  assert loss.dtype == jnp.float32  # the reductions run in float32 whatever the compute dtype
+
+
+def test_label_is_a_top_prediction_is_argmax_without_ties_and_any_max_with_them():
+  logits = np.random.default_rng(2).normal(size=(4, 6, 9)).astype(np.float32)
+  targets = np.random.default_rng(3).integers(0, 9, size=(4, 6))
+  targets[0] = logits[0].argmax(-1)  # some hits for sure
+  got = label_is_a_top_prediction(jnp.asarray(logits), jnp.asarray(targets))
+  np.testing.assert_array_equal(got, logits.argmax(-1) == targets)
+  tied = np.zeros((1, 1, 5), np.float32)
+  tied[0, 0, [1, 3]] = 2.0
+  assert label_is_a_top_prediction(jnp.asarray(tied), jnp.asarray([[3]]))[0, 0]
+  assert not label_is_a_top_prediction(jnp.asarray(tied), jnp.asarray([[2]]))[0, 0]
 
 
 def test_masked_token_metrics_ignore_weight_zero_tokens(logits_and_targets):
