@@ -16,6 +16,7 @@ from transformer_jax.config import TransformerConfig
 from transformer_jax.dropout import dropout
 from transformer_jax.layers import FeedForward, LayerNorm, MultiHeadAttention, param
 from transformer_jax.positions import sinusoidal_encoding
+from transformer_jax.tied_projection import tied_logits
 
 
 def _key(rng, site: int):
@@ -134,7 +135,7 @@ class Transformer(nnx.Module):
   def logits(self, y_BTD):
     """Output projection tied to the embedding; float32 logits for a stable loss."""
     emb_VD = self.embedding_VD[...].astype(self.cfg.compute_dtype)
-    return jnp.einsum('btd,vd->btv', y_BTD, emb_VD).astype(jnp.float32)
+    return tied_logits(y_BTD, emb_VD)
 
   def _maybe_remat(self, fn):
     return jax.checkpoint(fn) if self.cfg.remat else fn
