@@ -2,6 +2,7 @@
 
     python benchmarks/train_step.py [--preset S|B] [--steps N] [--warmup N] [--dtype float32]
                                     [--dropout 0.1] [--remat] [--compare-torch]
+                                    [--compare-dtype bfloat16]
 
 Presets (random tokens, every row one full sentence: segmentation 1, positions 0..L-1):
     S: vocab 8192, d_model 256, 4 heads, d_ff 1024, 3+3 layers, batch 128 x (32 src, 32 tgt)
@@ -37,6 +38,9 @@ embedding scaled by √D plus sinusoidal positions, the tied output projection, 
 cross-entropy and torch.optim.Adam(0.9, 0.98, 1e-9), with the same dropout rates on the same
 sites; it adds `torch_tokens_per_s` and `speedup_vs_torch`. (nn.Transformer also normalises
 the encoder and decoder outputs once more: two extra LayerNorms in its favour of nothing.)
+
+--compare-dtype D builds a second step whose compute dtype is D (params stay float32) and times
+it in the same rounds; `compare_speedup` is the median over rounds of (our step / D's step).
 
 XLA flags are read when jax starts: set XLA_FLAGS in the environment before running.
 The last line printed is one JSON object.
@@ -113,9 +117,20 @@ def random_batch(p, seed: int = 0):
   }
 
 
-def make_jax_step(cfg: TransformerConfig, batch):
-  """(run, lower_compile_s): run() does one update and waits for it; the state lives in
-  the closure (donated). lower_compile_s: tracing + lowering + XLA compilation."""
+def model_config(p, *, dtype: str = 'float32', dropout: float = 0.1,
+                 attention_dropout: float = 0.0, relu_dropout: float = 0.0,
+                 remat: bool = False) -> TransformerConfig:
+  """The TransformerConfig of preset `p` (one of PRESETS' values)."""
+  return TransformerConfig(
+      vocab_size=p['vocab_size'], d_model=p['d_model'], num_heads=p['num_heads'],
+      d_ff=p['d_ff'], num_encoder_layers=p['num_layers'], num_decoder_layers=p['num_layers'],
+      dropout_rate=dropout, attention_dropout_rate=attention_dropout,
+      relu_dropout_rate=relu_dropout, max_length=64, dtype=dtype, remat=remat)
+
+
+def make_jax_step(cfg: TransformerConfig, batch, return_compiled: bool = False):
+  """(run, lower_compile_s[, compiled]): run() does one update and waits for it; the state
+  lives in the closure (donated). lower_compile_s: tracing + lowering + XLA compilation."""
   tx, schedule = make_optimizer(optimizer_config(), d_model=cfg.d_model, total_steps=100_000)
   graphdef, state = init_train_state(Transformer(cfg, rngs=nnx.Rngs(0)), tx)
   step_fn = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule,
@@ -130,7 +145,7 @@ def make_jax_step(cfg: TransformerConfig, batch):
     holder[0], metrics = compiled(holder[0], batch, dropout_key)
     jax.block_until_ready((holder[0], metrics))
     return metrics
-  return run, lower_compile_s
+  return (run, lower_compile_s, compiled) if return_compiled else (run, lower_compile_s)
 
 
 def make_peak_matmul():
@@ -207,21 +222,27 @@ def main(argv=None):
   parser.add_argument('--relu-dropout', type=float, default=0.0)
   parser.add_argument('--remat', action='store_true', help='TransformerConfig.remat')
   parser.add_argument('--compare-torch', action='store_true')
+  parser.add_argument('--compare-dtype', choices=('float32', 'bfloat16', 'float16'),
+                      help='also time a step with this compute dtype, interleaved in this process')
   args = parser.parse_args(argv)
 
   p = PRESETS[args.preset]
   load_at_start = os.getloadavg()[0]
-  cfg = TransformerConfig(vocab_size=p['vocab_size'], d_model=p['d_model'],
-                          num_heads=p['num_heads'], d_ff=p['d_ff'],
-                          num_encoder_layers=p['num_layers'], num_decoder_layers=p['num_layers'],
-                          dropout_rate=args.dropout, attention_dropout_rate=args.attention_dropout,
-                          relu_dropout_rate=args.relu_dropout, max_length=64, dtype=args.dtype,
-                          remat=args.remat)
+  def config_with(dtype: str) -> TransformerConfig:
+    return model_config(p, dtype=dtype, dropout=args.dropout,
+                        attention_dropout=args.attention_dropout,
+                        relu_dropout=args.relu_dropout, remat=args.remat)
+
   batch = random_batch(p)
-  jax_step, lower_compile_s = make_jax_step(cfg, batch)
+  jax_step, lower_compile_s = make_jax_step(config_with(args.dtype), batch)
   first_call_s = lower_compile_s + timed(jax_step)  # compilation + the first execution
   for _ in range(args.warmup):
     jax_step()
+  other_step = None
+  if args.compare_dtype:
+    other_step, _ = make_jax_step(config_with(args.compare_dtype), batch)
+    for _ in range(args.warmup + 1):
+      other_step()
   peak_rss_mb = _rss_mb()
   matmul = make_peak_matmul()
 
@@ -237,10 +258,12 @@ def main(argv=None):
       for _ in range(max(args.warmup, 1)):
         torch_step()
 
-  matmul_s, step_s, torch_s = [], [], []
+  matmul_s, step_s, torch_s, other_s = [], [], [], []
   for _ in range(args.steps):
     matmul_s.extend(timed(matmul) for _ in range(MATMULS_PER_ROUND))
     step_s.append(timed(jax_step))
+    if other_step is not None:
+      other_s.append(timed(other_step))
     if torch_step is not None:
       torch_s.append(timed(torch_step))
   matmul_s.extend(timed(matmul) for _ in range(MATMULS_PER_ROUND))
@@ -270,6 +293,16 @@ def main(argv=None):
       'load_avg_1m_end': round(os.getloadavg()[0], 2),
       'xla_flags': os.environ.get('XLA_FLAGS', ''), 'jax': jax.__version__,
   }
+  if other_s:
+    print(f'{args.compare_dtype} step s: {[round(x, 4) for x in other_s]}')
+    other = statistics.median(other_s)
+    result.update({'compare_dtype': args.compare_dtype,
+                   'compare_tokens_per_s': round(tokens / other, 1),
+                   'compare_step_ms': round(1e3 * other, 2),
+                   # > 1: the compared dtype's step is faster; the median of per-round ratios,
+                   # so a burst of load hits both sides of each ratio alike.
+                   'compare_speedup': round(statistics.median(
+                       a / b for a, b in zip(step_s, other_s)), 3)})
   if torch_s:
     import torch
     print(f'torch s:    {[round(x, 4) for x in torch_s]}')
