@@ -23,9 +23,10 @@ Why these values (the runs behind them are in README "Results" and docs/RESULTS.
   BLEU at the end, so what the EMA buys is measured in every run.
 - Evaluation every 250 steps: the BLEU-against-minutes curve, and a score
   before the 45-minute mark (step 1250).
-Seed 0 on the 2-core CPU: 37.99 val BLEU at 43.5 train min, 40.71 at the end
-(87.4 min; raw params 40.99); averaging the last 3 checkpoints gave 40.57, so
-average_last_n only reports it.
+Seed 0 on the 2-core CPU (session 2's host): 37.99 val BLEU at 43.5 train min,
+40.71 at the end (87.4 min; raw params 40.99). Seed 1 (session 4's faster host):
+39.10 at 44.25 min, 40.69 at the end (63.15 min; raw 40.42). Averaging the last
+3 checkpoints gave 40.57 and 39.84, so average_last_n only reports it.
 """
 import ml_collections
 
