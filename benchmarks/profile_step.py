@@ -21,8 +21,9 @@ its fused computation (from `compiled.as_text()`) contains, in this order:
 Thunk times overlap on two threads, so shares are of the summed thunk time, not of the wall
 step. Dots that XLA does not hand to YNNPACK (plain `dot.N`, run by Eigen) are asynchronous
 thunks: the trace holds only their launch, so their time is missing here; the wall-clock
-benchmark (train_step.py) is what decides whether a change helps. A profile under load gives the same shares, not the same milliseconds. The last line
-printed is one JSON object; the table before it is for reading.
+benchmark (train_step.py) is what decides whether a change helps. A profile under load gives
+the same shares, not the same milliseconds. The last line printed is one JSON object; the
+table before it is for reading.
 """
 from __future__ import annotations
 
@@ -69,6 +70,11 @@ def parse_hlo(text: str) -> tuple[dict[str, str], dict[str, list[tuple[str, str]
     if not called:
       bodies[f'<op>{name}'].append((shape, opcode))
   return calls, bodies
+
+
+def instruction_ops(name: str, calls: dict, bodies: dict) -> list[tuple[str, str]]:
+  """The (shape, opcode)s an instruction runs: its fused computation's, or its own if unfused."""
+  return bodies.get(calls[name]) or bodies.get(f'<op>{name}', [])
 
 
 def categorise(ops: list[tuple[str, str]], vocab: int) -> str:
@@ -120,7 +126,7 @@ def main(argv=None):
 
   p = PRESETS[args.preset]
   cfg = model_config(p, dtype=args.dtype, dropout=args.dropout)
-  run, _, compiled = make_jax_step(cfg, random_batch(p), return_compiled=True)
+  run, _, compiled = make_jax_step(cfg, random_batch(p))
   run()  # the first execution allocates; not traced
   calls, bodies = parse_hlo(compiled.as_text())
   trace_dir = args.trace_dir or tempfile.mkdtemp(prefix='profile_step_')
@@ -132,8 +138,7 @@ def main(argv=None):
   by_category, by_name, unmatched = (collections.Counter() for _ in range(3))
   for name, us in times.items():
     if name in calls:
-      ops = bodies.get(calls[name]) or bodies.get(f'<op>{name}', [])
-      by_category[categorise(ops, p['vocab_size'])] += us
+      by_category[categorise(instruction_ops(name, calls, bodies), p['vocab_size'])] += us
       by_name[name] += us
     else:
       unmatched[name] += us  # the executable's own span and runtime events, not thunks
@@ -148,8 +153,8 @@ def main(argv=None):
   print(f'{"sum of thunk times":28s} {total / 1e3 / args.steps:9.1f}')
   print('slowest instructions (ms/step, category):')
   for name, us in by_name.most_common(args.top):
-    ops = bodies.get(calls[name]) or bodies.get(f'<op>{name}', [])
-    print(f'  {name:40s} {us / 1e3 / args.steps:8.1f}  {categorise(ops, p["vocab_size"])}')
+    category = categorise(instruction_ops(name, calls, bodies), p['vocab_size'])
+    print(f'  {name:40s} {us / 1e3 / args.steps:8.1f}  {category}')
   print('events that are not HLO instructions (ms/step):',
         {n: round(us / 1e3 / args.steps, 1) for n, us in unmatched.most_common(5)})
   print(json.dumps({

@@ -128,9 +128,10 @@ def model_config(p, *, dtype: str = 'float32', dropout: float = 0.1,
       relu_dropout_rate=relu_dropout, max_length=64, dtype=dtype, remat=remat)
 
 
-def make_jax_step(cfg: TransformerConfig, batch, return_compiled: bool = False):
-  """(run, lower_compile_s[, compiled]): run() does one update and waits for it; the state
-  lives in the closure (donated). lower_compile_s: tracing + lowering + XLA compilation."""
+def make_jax_step(cfg: TransformerConfig, batch):
+  """(run, lower_compile_s, compiled): run() does one update and waits for it; the state
+  lives in the closure (donated). lower_compile_s: tracing + lowering + XLA compilation;
+  compiled: the executable (its HLO is what profile_step.py reads)."""
   tx, schedule = make_optimizer(optimizer_config(), d_model=cfg.d_model, total_steps=100_000)
   graphdef, state = init_train_state(Transformer(cfg, rngs=nnx.Rngs(0)), tx)
   step_fn = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule,
@@ -145,7 +146,7 @@ def make_jax_step(cfg: TransformerConfig, batch, return_compiled: bool = False):
     holder[0], metrics = compiled(holder[0], batch, dropout_key)
     jax.block_until_ready((holder[0], metrics))
     return metrics
-  return (run, lower_compile_s, compiled) if return_compiled else (run, lower_compile_s)
+  return run, lower_compile_s, compiled
 
 
 def make_peak_matmul():
@@ -228,19 +229,20 @@ def main(argv=None):
 
   p = PRESETS[args.preset]
   load_at_start = os.getloadavg()[0]
+
   def config_with(dtype: str) -> TransformerConfig:
     return model_config(p, dtype=dtype, dropout=args.dropout,
                         attention_dropout=args.attention_dropout,
                         relu_dropout=args.relu_dropout, remat=args.remat)
 
   batch = random_batch(p)
-  jax_step, lower_compile_s = make_jax_step(config_with(args.dtype), batch)
+  jax_step, lower_compile_s, _ = make_jax_step(config_with(args.dtype), batch)
   first_call_s = lower_compile_s + timed(jax_step)  # compilation + the first execution
   for _ in range(args.warmup):
     jax_step()
   other_step = None
   if args.compare_dtype:
-    other_step, _ = make_jax_step(config_with(args.compare_dtype), batch)
+    other_step, _, _ = make_jax_step(config_with(args.compare_dtype), batch)
     for _ in range(args.warmup + 1):
       other_step()
   peak_rss_mb = _rss_mb()

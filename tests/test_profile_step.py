@@ -6,7 +6,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))  # for `benchmarks`
 
-from benchmarks.profile_step import categorise, parse_hlo  # noqa: E402
+from benchmarks.profile_step import categorise, instruction_ops, parse_hlo  # noqa: E402
 
 # Cut from a real train step's compiled.as_text() (S preset, vocab 8192), metadata removed.
 HLO = """
@@ -64,7 +64,7 @@ ENTRY %main.334 (x.1: f32[4096,256], e.1: f32[8192,256], w.1: f32[256,1024], u.1
 
 
 def _category(name, calls, bodies):
-  return categorise(bodies.get(calls[name]) or bodies[f'<op>{name}'], vocab=8192)
+  return categorise(instruction_ops(name, calls, bodies), vocab=8192)
 
 
 def test_each_thunk_lands_in_the_category_of_what_it_computes():
