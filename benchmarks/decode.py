@@ -26,9 +26,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 import jax  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from transformer_jax import decoding  # noqa: E402
-from transformer_jax.config import TransformerConfig  # noqa: E402
-from transformer_jax.model import Transformer  # noqa: E402
+from transformer_jax.decoding.decoder import make_decoder  # noqa: E402
+from transformer_jax.nn.config import TransformerConfig  # noqa: E402
+from transformer_jax.nn.model import Transformer  # noqa: E402
 from benchmarks.train_step import PEAK_N, timed, make_peak_matmul  # noqa: E402
 
 # The targets (sentences/s), set on a machine whose 2048³ f32 matmul ran at ~460 GFLOP/s;
@@ -83,9 +83,8 @@ def main(argv=None):
   inputs_BS = jax.random.randint(jax.random.key(1), (args.batch, args.src_len), 4,
                                  args.vocab_size).at[:, -1].set(3)
   common = dict(max_length=args.max_length, stop_early=False)
-  greedy = decoding.make_decoder(graphdef, decoding.greedy_decode, **common)
-  beam = decoding.make_decoder(graphdef, decoding.beam_search, beam_size=args.beam_size,
-                               **common)
+  greedy = make_decoder(graphdef, **common)
+  beam = make_decoder(graphdef, beam_size=args.beam_size, **common)
   load_before = os.getloadavg()[0]
   matmul = make_peak_matmul()
   matmul_s = [timed(matmul) for _ in range(5)]

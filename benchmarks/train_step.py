@@ -64,9 +64,9 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from transformer_jax.config import TransformerConfig  # noqa: E402
-from transformer_jax.model import Transformer  # noqa: E402
-from transformer_jax.train_step import init_train_state, make_optimizer, train_step  # noqa: E402
+from transformer_jax.nn.config import TransformerConfig  # noqa: E402
+from transformer_jax.nn.model import Transformer  # noqa: E402
+from transformer_jax.training.train_step import init_train_state, make_optimizer, train_step  # noqa: E402
 
 PRESETS = {
     'S': dict(vocab_size=8192, d_model=256, num_heads=4, d_ff=1024, num_layers=3, batch=128,

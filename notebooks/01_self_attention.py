@@ -18,8 +18,8 @@
 #
 # One attention layer of the Transformer ("Attention Is All You Need", Vaswani et al. 2017), built
 # up on a three-word sentence: each step written out in NumPy and, where the library has it,
-# done again with its pure functions (`transformer_jax.positions`, `.attention`, `.masks`). At
-# the end the library's `MultiHeadAttention` module, whose weights we use throughout, must give
+# done again with its pure functions (`transformer_jax.nn.positions`, `.attention`, `.masks`). At
+# the end the library's `SelfAttention` module, whose weights we use throughout, must give
 # the same numbers.
 #
 # Tensor names carry their shape: T query positions, S key positions, D model width, H heads,
@@ -45,9 +45,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 from flax import nnx
 
-from transformer_jax import attention, masks, positions
-from transformer_jax.config import TransformerConfig
-from transformer_jax.layers import LayerNorm, MultiHeadAttention
+from transformer_jax.nn import attention, masks, positions
+from transformer_jax.nn.config import TransformerConfig
+from transformer_jax.nn.attention_layers import CrossAttention, SelfAttention
+from transformer_jax.nn.layers import LayerNorm
 
 jax.config.update('jax_default_matmul_precision', 'highest')  # exact float32 matmuls on TPU too
 np.set_printoptions(precision=3, suppress=True)
@@ -133,7 +134,7 @@ table(x_TD, tokens, [f'd{i}' for i in range(D_MODEL)])
 # %%
 cfg = TransformerConfig(vocab_size=len(vocab), d_model=D_MODEL, num_heads=NUM_HEADS,
                         attention_impl='xla')
-mha = MultiHeadAttention(cfg, self_attention=True, rngs=nnx.Rngs(1))
+mha = SelfAttention(cfg, rngs=nnx.Rngs(1))
 w_qkv_D3HK, w_o_HKD = np.asarray(mha.w_qkv_D3HK[...]), np.asarray(mha.w_o_HKD[...])
 print('w_qkv_D3HK', w_qkv_D3HK.shape, '  w_o_HKD', w_o_HKD.shape, '  d_k =', cfg.head_dim)
 
@@ -288,7 +289,7 @@ plt.show()
 # $t$ of the weights says which source words target position $t$ reads. Here the target is the
 # French "Allons-y !" and, standing in for the encoder output, our embedded source `x_TD`; the
 # projections are drawn at random like the module's. (The library's cross-attention module,
-# `MultiHeadAttention(cfg, self_attention=False)`, stores $W^Q$ as `w_q_DHK` and the fused
+# `CrossAttention(cfg)`, stores $W^Q$ as `w_q_DHK` and the fused
 # $W^K, W^V$ as `w_kv_D2HK`, so a decoder projects the encoder output once per sentence.)
 
 # %%
@@ -341,7 +342,7 @@ table(np.stack([h_TD.mean(-1), h_TD.std(-1), out_TD.mean(-1), out_TD.std(-1)], -
       ['mean x+y', 'std x+y', 'mean LN', 'std LN'])
 
 # %% [markdown]
-# ## 10. The library's `MultiHeadAttention` gives the same numbers
+# ## 10. The library's `SelfAttention` gives the same numbers
 #
 # Everything above used the module's own weights; now we call the module itself, without and with
 # the causal mask, and compare outputs and per-head weights with the hand computation.
@@ -357,5 +358,5 @@ z_causal_BTHK = attention.dot_product_attention(q_BTHK, k_BTHK, v_BTHK, causal_1
 np.testing.assert_allclose(y_causal_BTD[0], (attention.merge_heads(z_causal_BTHK) @ W_o_DD)[0],
                            rtol=1e-5, atol=1e-5)
 np.testing.assert_allclose(module_causal_BHTS, causal_weights_BHTS, rtol=1e-5, atol=1e-6)
-print('CHECK PASSED: MultiHeadAttention reproduces the hand computation '
+print('CHECK PASSED: SelfAttention reproduces the hand computation '
       '(outputs and per-head weights, with and without the causal mask).')

@@ -53,9 +53,14 @@ import tempfile
 import jax
 import matplotlib.pyplot as plt
 
-from configs import multi30k, tiny
-from transformer_jax import attention_maps, evaluation, metrics_writer, run_setup, trainer
-from transformer_jax.translator import Translator
+from transformer_jax.configs import multi30k, tiny
+from transformer_jax import scoring
+from transformer_jax.cli.logs import quiet_libraries
+from transformer_jax.data import registry
+from transformer_jax.decoding import attention_maps
+from transformer_jax.training import metrics_writer
+from transformer_jax.training.loop import train_and_evaluate
+from transformer_jax.decoding.translator import Translator
 
 SMOKE = os.environ.get('TRANSFORMER_JAX_NOTEBOOK_SMOKE') == '1'  # set by tests/test_notebooks.py
 BACKEND = jax.default_backend()
@@ -114,8 +119,8 @@ print(f'{config.num_train_steps} steps of {config.batch_tokens} target tokens; m
 # few and the best by BLEU) in the work directory.
 
 # %%
-trainer.quiet_libraries()
-summary = trainer.train_and_evaluate(config, WORKDIR)
+quiet_libraries()
+summary = train_and_evaluate(config, WORKDIR)
 
 # %% [markdown]
 # ## Curves
@@ -149,7 +154,7 @@ save_figure(fig, 'training_curves')
 translator = Translator(WORKDIR)
 print('restored', translator.checkpoint_description)
 src_lang, tgt_lang = config.data.source_lang, config.data.target_lang
-validation = run_setup.load_sources(config, splits=('validation',))['validation']
+validation = registry.load_splits(config.data, splits=('validation',))['validation']
 pairs = [validation[i] for i in range(len(validation))]
 examples = pairs[:4]
 greedy = translator.translate([p[src_lang] for p in examples], beam_size=1)
@@ -167,7 +172,7 @@ for pair, g, b in zip(examples, greedy, beam):
 # %%
 scored = pairs[:num_bleu_sentences] if num_bleu_sentences else pairs
 hypotheses = translator.translate([p[src_lang] for p in scored], beam_size=4)
-report = evaluation.bleu_report(hypotheses, [p[tgt_lang] for p in scored])
+report = scoring.bleu_report(hypotheses, [p[tgt_lang] for p in scored])
 print(f"validation BLEU = {report['bleu']:.2f} on {len(scored)} sentences "
       f"(lowercased {report['bleu_lowercase']:.2f}, chrF {report['chrf']:.2f})")
 print(report['bleu_signature'])

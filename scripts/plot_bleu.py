@@ -8,7 +8,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from transformer_jax.metrics_writer import read_metrics  # noqa: E402
+from transformer_jax.training.metrics_writer import read_metrics  # noqa: E402
 
 
 def main():

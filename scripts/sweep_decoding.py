@@ -44,9 +44,9 @@ def main(argv):
   del argv
   beam_sizes = _parse_grid(FLAGS.beam_sizes, 'beam_sizes', int, 1)
   alphas = _parse_grid(FLAGS.alphas, 'alphas', float, 0.0)
-  from transformer_jax.cli_inputs import load_translator, read_sources_and_references
-  from transformer_jax.evaluation import sweep_decoding
-  from transformer_jax.trainer import quiet_libraries
+  from transformer_jax.cli.inputs import load_translator, read_sources_and_references
+  from transformer_jax.scoring import sweep_decoding
+  from transformer_jax.cli.logs import quiet_libraries
   quiet_libraries()
   sources, references = read_sources_and_references(FLAGS.input, FLAGS.reference)
   translator = load_translator(FLAGS.workdir, FLAGS.checkpoint, FLAGS.ema)

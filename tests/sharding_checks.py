@@ -26,11 +26,12 @@ from jax.sharding import SingleDeviceSharding  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # for `configs`
 
-from configs import tiny  # noqa: E402
-from transformer_jax import run_setup, sharding, trainer  # noqa: E402
+from transformer_jax.configs import tiny  # noqa: E402
+from transformer_jax import config_lib, sharding  # noqa: E402
+from transformer_jax.training import loop as trainer  # noqa: E402
 from transformer_jax.checkpointing import Checkpointer  # noqa: E402
 from transformer_jax.data.vocab import BOS_ID  # noqa: E402
-from transformer_jax.train_step import init_train_state, make_optimizer, train_step  # noqa: E402
+from transformer_jax.training.train_step import init_train_state, make_optimizer, train_step  # noqa: E402
 
 MESHES = ((8, 1, 1), (2, 4, 1), (2, 2, 2))
 NUM_STEPS = 3
@@ -109,7 +110,7 @@ def compare(states, ref_states, init) -> dict:
 
 def equivalence(results, scratch: Path):
   config = tiny.get_config()
-  model = run_setup.build_model(config, VOCAB_SIZE)
+  model = config_lib.build_model(config, VOCAB_SIZE)
   tx, schedule = make_optimizer(config.optimizer, d_model=config.model.d_model,
                                 total_steps=config.num_train_steps)
   graphdef, state0 = init_train_state(model, tx)

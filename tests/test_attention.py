@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from transformer_jax.attention import (cache_layout, dot_product_attention, merge_heads,
+from transformer_jax.nn.attention import (cache_layout, dot_product_attention, merge_heads,
                                       single_query_attention, split_heads)
 
 B, T, S, H, K = 2, 5, 7, 3, 4

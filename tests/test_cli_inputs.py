@@ -2,7 +2,7 @@
 from absl import app
 import pytest
 
-from transformer_jax.cli_inputs import load_translator, read_sources_and_references
+from transformer_jax.cli.inputs import load_translator, read_sources_and_references
 
 
 def test_sources_and_references_must_align(tmp_path):

@@ -10,9 +10,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from transformer_jax.config import TransformerConfig
-from transformer_jax.masks import segments_from_tokens
-from transformer_jax.model import Transformer
+from transformer_jax.nn.config import TransformerConfig
+from transformer_jax.nn.masks import segments_from_tokens
+from transformer_jax.nn.model import Transformer
 
 PAD, BOS, EOS = 0, 1, 2
 FIRST_SYMBOL, VOCAB = 3, 16

@@ -16,9 +16,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from transformer_jax import decoding
-from transformer_jax.config import TransformerConfig
-from transformer_jax.model import Transformer
+from transformer_jax.decoding import beam_search as beam_lib
+from transformer_jax.decoding import decoder as decoder_lib
+from transformer_jax.decoding import greedy as greedy_lib
+from transformer_jax.decoding.methods import DecodeResult, register_method
+from transformer_jax.nn.config import TransformerConfig
+from transformer_jax.nn.model import Transformer
 
 PAD, A, BOS, EOS, B = 0, 1, 2, 3, 4  # token ids; A and B are ordinary words
 
@@ -38,9 +41,16 @@ def _model(vocab_size=16, seed=1) -> Transformer:
 
 
 @functools.cache
-def _decoder(decode_fn, vocab_size=16, **kwargs):
+def _decoder(method, vocab_size=16, **kwargs):
   graphdef, state = nnx.split(_model(vocab_size))
-  return functools.partial(decoding.make_decoder(graphdef, decode_fn, **kwargs), state)
+  decode = decoder_lib.make_decoder(graphdef, method=method, **kwargs)
+  return lambda inputs_BS: _unpack(method, decode(state, inputs_BS))
+
+
+def _unpack(method, result: DecodeResult):
+  """Greedy: the tokens; beam search: (tokens, scores) — what these tests compare."""
+  assert isinstance(result, DecodeResult)
+  return result.tokens_BL if method == 'greedy' else (result.tokens_BL, result.scores_B)
 
 
 @functools.cache
@@ -92,7 +102,7 @@ def _assert_zero_after_eos(tokens_BL):
 
 
 def test_cached_greedy_equals_full_pass():
-  tokens = _decoder(decoding.greedy_decode, max_length=8)(SRC_BS)
+  tokens = _decoder('greedy', max_length=8)(SRC_BS)
   np.testing.assert_array_equal(tokens, _naive_greedy(SRC_BS, 8))
   assert len({tuple(r) for r in np.asarray(tokens).tolist()}) > 1, 'degenerate test model'
   assert (np.asarray(tokens) == EOS).any(axis=1).sum() >= 2, 'no row stops: the test is weak'
@@ -102,8 +112,8 @@ def test_cached_greedy_equals_full_pass():
 def test_beam_size_1_with_alpha_0_is_greedy():
   # With α = 0 nothing that extends the live beam can beat the eos that greedy
   # picks, so the search stops there (α > 0 may keep searching past it).
-  tokens, scores = _decoder(decoding.beam_search, beam_size=1, max_length=8, alpha=0.0)(SRC_BS)
-  np.testing.assert_array_equal(tokens, _decoder(decoding.greedy_decode, max_length=8)(SRC_BS))
+  tokens, scores = _decoder('beam_search', beam_size=1, max_length=8, alpha=0.0)(SRC_BS)
+  np.testing.assert_array_equal(tokens, _decoder('greedy', max_length=8)(SRC_BS))
   assert np.all(np.asarray(scores) < 0)
 
 
@@ -114,7 +124,7 @@ def test_large_beam_finds_best_penalised_sequence(alpha):
   inputs_BS = jnp.array([[A, B, B, EOS], [B, EOS, 0, 0]], jnp.int32)
   # 80 beams keep all 4^2 live prefixes and rank all 16·5 last-step candidates in
   # the top 80, where an eos counts: the search is exhaustive.
-  tokens, scores = _decoder(decoding.beam_search, vocab, beam_size=80, max_length=max_length,
+  tokens, scores = _decoder('beam_search', vocab, beam_size=80, max_length=max_length,
                             alpha=alpha)(inputs_BS)
   words = [t for t in range(vocab) if t != EOS]
   hyps = [list(w) + [EOS] for n in range(max_length) for w in itertools.product(words, repeat=n)]
@@ -130,8 +140,8 @@ def test_large_beam_finds_best_penalised_sequence(alpha):
 
 
 def test_rows_are_independent_and_source_padding_has_no_effect():
-  greedy = _decoder(decoding.greedy_decode, max_length=8)
-  beam = _decoder(decoding.beam_search, beam_size=3, max_length=8)
+  greedy = _decoder('greedy', max_length=8)
+  beam = _decoder('beam_search', beam_size=3, max_length=8)
   g_batch, (b_batch, s_batch) = greedy(SRC_BS), beam(SRC_BS)
   for row in range(SRC_BS.shape[0]):
     alone = jnp.pad(SRC_BS[row:row + 1], ((0, 0), (0, 3)))  # one row, three more pad columns
@@ -142,20 +152,48 @@ def test_rows_are_independent_and_source_padding_has_no_effect():
   _assert_zero_after_eos(b_batch)
 
 
-def test_make_decoder_compiles_once_per_shape():
+def test_a_registered_method_is_found_by_name_and_compiles_once_per_shape():
   traces = []
 
+  @register_method('counting_greedy')
   def counting_greedy(model, inputs_BS, **kwargs):
     traces.append(inputs_BS.shape)
-    return decoding.greedy_decode(model, inputs_BS, **kwargs)
+    return greedy_lib.greedy_decode(model, inputs_BS, **kwargs)
 
   graphdef, state = nnx.split(_model(), nnx.Param)  # params only, as a checkpoint holds them
-  decode = decoding.make_decoder(graphdef, counting_greedy, max_length=8)
-  first = decode(state, SRC_BS)
-  np.testing.assert_array_equal(decode(state, SRC_BS[::-1])[::-1], first)
+  decode = decoder_lib.make_decoder(graphdef, method='counting_greedy', max_length=8)
+  first = decode(state, SRC_BS).tokens_BL
+  np.testing.assert_array_equal(decode(state, SRC_BS[::-1]).tokens_BL[::-1], first)
   decode(state, SRC_BS[:2])
   assert traces == [SRC_BS.shape, SRC_BS[:2].shape]
-  np.testing.assert_array_equal(first, _decoder(decoding.greedy_decode, max_length=8)(SRC_BS))
+  np.testing.assert_array_equal(first, _decoder('greedy', max_length=8)(SRC_BS))
+  with pytest.raises(ValueError, match="unknown decoding method 'nope'.*counting_greedy"):
+    decoder_lib.make_decoder(graphdef, method='nope', max_length=8)
+
+
+def test_every_method_returns_one_result_type_with_lengths_and_scores():
+  """Greedy and beam search give a DecodeResult; lengths count up to eos; greedy's score is
+  log P(Y | X) of its tokens under the full pass, beam-1 α-0 search equals greedy in all four."""
+  graphdef, state = nnx.split(_model())
+  greedy = decoder_lib.make_decoder(graphdef, max_length=8)(state, SRC_BS)
+  beam1 = decoder_lib.make_decoder(graphdef, beam_size=1, alpha=0.0, max_length=8,
+                                   method='beam_search')(state, SRC_BS)
+  for result in (greedy, beam1):
+    assert isinstance(result, DecodeResult)
+    tokens = np.asarray(result.tokens_BL)
+    for row, length in zip(tokens, np.asarray(result.lengths_B)):
+      eos = np.flatnonzero(row == EOS)
+      assert length == (eos[0] + 1 if eos.size else len(row))
+  np.testing.assert_array_equal(greedy.tokens_BL, beam1.tokens_BL)
+  np.testing.assert_array_equal(greedy.lengths_B, beam1.lengths_B)
+  np.testing.assert_allclose(greedy.scores_B, beam1.scores_B, rtol=1e-5)
+  tokens = np.asarray(greedy.tokens_BL)
+  decoder_inputs = np.concatenate([np.full((len(tokens), 1), BOS), tokens[:, :-1]], axis=1)
+  log_probs = np.asarray(_full_pass_log_probs()(SRC_BS, decoder_inputs))
+  token_logp = np.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
+  counted = np.arange(tokens.shape[1])[None] < np.asarray(greedy.lengths_B)[:, None]
+  np.testing.assert_allclose(greedy.scores_B, (token_logp * counted).sum(1), rtol=1e-4)
+  assert decoder_lib.choose_method(1) == 'greedy' and decoder_lib.choose_method(4) == 'beam_search'
 
 
 # -- hand-built step functions -------------------------------------------------
@@ -178,7 +216,7 @@ SHORT_OR_LONG = _table_step_fn([{BOS: {EOS: 0.6, A: 0.4}}] + [{A: {A: 1.0}}] * 4
 
 def _beam(step_fn, **kwargs):
   kwargs = {'batch_size': 1, 'beam_size': 1, 'max_length': 6, **kwargs}
-  return decoding.beam_search_from_step_fn(step_fn, (), **kwargs)
+  return beam_lib.beam_search_from_step_fn(step_fn, (), **kwargs)
 
 
 @pytest.mark.parametrize('stop_early', [True, False])
@@ -221,7 +259,7 @@ def test_greedy_pads_after_eos_and_stops_when_every_row_has_ended():
     return jax.nn.one_hot(next_B, 5), eos_step_B  # rows keep being fed after their eos
 
   for stop_early, steps in [(True, 4), (False, 6)]:
-    result = decoding.greedy_from_step_fn(step_fn, eos_step_B, batch_size=2, max_length=6,
+    result = greedy_lib.greedy_from_step_fn(step_fn, eos_step_B, batch_size=2, max_length=6,
                                           stop_early=stop_early)
     np.testing.assert_array_equal(result.tokens_BL, [[A, EOS, 0, 0, 0, 0], [A, A, A, EOS, 0, 0]])
     assert result.num_steps == steps
@@ -233,7 +271,7 @@ def test_two_stage_candidates_equal_one_top_k_over_all_extensions_ties_included(
 
 
 def _check_two_stage(batch, beams, vocab, n_cand):
-  from transformer_jax.beam_search import _top_candidates
+  from transformer_jax.decoding.beam_search import _top_candidates
   # Small integers: many exact ties, which both forms must order by beam, then token.
   logp_BKV = -jax.random.randint(jax.random.key(0), (batch, beams, vocab), 0, 4).astype(
       jnp.float32)

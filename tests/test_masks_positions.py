@@ -3,9 +3,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from transformer_jax.masks import (causal_mask, combine_masks, padding_mask, segment_mask,
+from transformer_jax.nn.masks import (causal_mask, combine_masks, padding_mask, segment_mask,
                                    segments_from_tokens)
-from transformer_jax.positions import sinusoidal_encoding, sinusoidal_table
+from transformer_jax.nn.positions import sinusoidal_encoding, sinusoidal_table
 
 
 def _bool(rows):

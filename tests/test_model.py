@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from transformer_jax import model as model_lib
-from transformer_jax.config import TransformerConfig
-from transformer_jax.masks import segments_from_tokens
-from transformer_jax.model import Transformer
+from transformer_jax.nn import model as model_lib
+from transformer_jax.nn.config import TransformerConfig
+from transformer_jax.nn.masks import segments_from_tokens
+from transformer_jax.nn.model import Transformer
 
 # Parameter shapes match tests/test_copy_task.py, so one process initialises them once.
 CFG = TransformerConfig(vocab_size=16, d_model=32, num_heads=2, d_ff=64, num_encoder_layers=2,

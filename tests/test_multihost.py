@@ -23,9 +23,10 @@ import numpy as np
 import pytest
 
 from transformer_jax.checkpointing import Checkpointer
-from transformer_jax.metrics_writer import read_metrics
-from transformer_jax.translator import Translator
-from transformer_jax import run_setup, sharding
+from transformer_jax.training.metrics_writer import read_metrics
+from transformer_jax.decoding.translator import Translator
+from transformer_jax import config_lib, sharding
+from transformer_jax.workdir import WorkDir
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_STEPS = 4
@@ -48,9 +49,10 @@ REFERENCE = textwrap.dedent('''
     import json, os, shutil, sys, time
     sys.path.insert(0, os.getcwd())
     import numpy as np
-    from configs import tiny
-    from transformer_jax import trainer
+    from transformer_jax.configs import tiny
     from transformer_jax.data import make_train_iterator
+    from transformer_jax.training.evaluator import Evaluator
+    from transformer_jax.training.loop import train_and_evaluate
 
     class BothShards:
       """Process 0's rows, then process 1's: the 2-process run's global batch."""
@@ -78,10 +80,12 @@ REFERENCE = textwrap.dedent('''
       assert time.time() < deadline, 'the 2-process run wrote no vocabulary'
       time.sleep(0.2)
     shutil.copytree(other_vocab, os.path.join(workdir, 'vocab'))
-    trainer.make_train_iterator = BothShards
+    class LossOnly(Evaluator):
+      def bleu(self, params):
+        return {'bleu': 0.0}  # not compared; saves compiling beam search
+
     sys.modules['tensorboardX'] = None  # its import pulls in torch (seconds); metrics.jsonl stays
-    trainer._bleu = lambda *args: {'bleu': 0.0}  # not compared; saves compiling beam search
-    trainer.train_and_evaluate(config, workdir)
+    train_and_evaluate(config, workdir, make_train_iterator=BothShards, evaluator_class=LossOnly)
 ''')
 
 
@@ -137,9 +141,9 @@ def _wait_all(procs, logs, timeout):
 
 def _params(workdir: Path):
   """Latest params of a work directory, restored onto this process's first device."""
-  config = run_setup.read_config(str(workdir))
-  vocab = run_setup.load_vocab(config, str(workdir))
-  _, abstract = run_setup.abstract_model(config, vocab.size)
+  config = WorkDir(str(workdir)).read_config()
+  vocab = WorkDir(str(workdir)).load_vocab()
+  _, abstract = config_lib.abstract_model(config, vocab.size)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target = sharding.with_shardings(abstract, jax.tree.map(lambda _: device, abstract))
   ckpt = Checkpointer(str(workdir), read_only=True)

@@ -103,7 +103,7 @@ def test_self_attention_notebook_runs_and_matches_the_module(kernel):
   assert all(c.execution_count for c in code), 'a cell did not run'
   check = [c for c in code if 'CHECK PASSED' in c.source]
   assert len(check) == 1 and 'assert_allclose(y_BTD' in check[0].source
-  assert 'CHECK PASSED: MultiHeadAttention reproduces' in _stdout(check[0])
+  assert 'CHECK PASSED: SelfAttention reproduces' in _stdout(check[0])
   assert sum('image/png' in o.get('data', {}) for c in code for o in c.outputs) >= 5
 
 

@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from transformer_jax.losses import (label_is_a_top_prediction, label_smoothed_cross_entropy,
+from transformer_jax.training.losses import (label_is_a_top_prediction, label_smoothed_cross_entropy,
                                    masked_token_metrics)
-from transformer_jax.schedules import make_schedule, rsqrt_cooldown_schedule, rsqrt_schedule
+from transformer_jax.training.schedules import make_schedule, rsqrt_cooldown_schedule, rsqrt_schedule
 
 D_MODEL, WARMUP = 512, 4000
 

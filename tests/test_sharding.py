@@ -22,9 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))  # for `configs`
 
-from configs import tiny  # noqa: E402
-from transformer_jax import run_setup, sharding  # noqa: E402
-from transformer_jax.train_step import init_train_state, make_optimizer  # noqa: E402
+from transformer_jax.configs import tiny  # noqa: E402
+from transformer_jax import config_lib, sharding  # noqa: E402
+from transformer_jax.training.train_step import init_train_state, make_optimizer  # noqa: E402
 
 VOCAB_SIZE = 200
 MESHES = ('8x1x1', '2x4x1', '2x2x2')  # data x fsdp x tensor, as in sharding_checks.MESHES
@@ -98,7 +98,7 @@ def _abstract_state():
   config = tiny.get_config()
   tx, _ = make_optimizer(config.optimizer, d_model=config.model.d_model,
                          total_steps=config.num_train_steps)
-  _, state = nnx.eval_shape(lambda: init_train_state(run_setup.build_model(config, VOCAB_SIZE),
+  _, state = nnx.eval_shape(lambda: init_train_state(config_lib.build_model(config, VOCAB_SIZE),
                                                      tx))
   return state, tx
 

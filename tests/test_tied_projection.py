@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from transformer_jax.tied_projection import tied_logits
+from transformer_jax.nn.tied_projection import tied_logits
 
 
 def _einsum_logits(y_BTD, emb_VD):

@@ -28,17 +28,21 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))  # for `configs`
 
-from configs import tiny  # noqa: E402
+from transformer_jax.configs import tiny  # noqa: E402
 from toy_corpus import toy_pairs, write_split  # noqa: E402
-from transformer_jax import config_lib, run_setup, trainer  # noqa: E402
+from transformer_jax import config_lib, configs  # noqa: E402
+from transformer_jax.training import loop as trainer  # noqa: E402
+from transformer_jax.workdir import WorkDir  # noqa: E402
 from transformer_jax.checkpointing import Checkpointer, average_params, select_params  # noqa: E402
-from transformer_jax.data import MANUAL_DIR_ENV, make_train_iterator, prepare_multi30k  # noqa: E402
-from transformer_jax.evaluation import bleu_report, sweep_decoding  # noqa: E402
-from transformer_jax.losses import masked_token_metrics  # noqa: E402
-from transformer_jax.metrics_writer import read_metrics  # noqa: E402
-from transformer_jax import train_step as train_step_lib  # noqa: E402
-from transformer_jax.train_step import TrainState  # noqa: E402
-from transformer_jax.translator import Translator  # noqa: E402
+from transformer_jax.data import make_train_iterator, registry  # noqa: E402
+from transformer_jax.data.datasets.multi30k import MANUAL_DIR_ENV  # noqa: E402
+from transformer_jax.data.datasets.multi30k.builder import prepare_multi30k  # noqa: E402
+from transformer_jax.scoring import bleu_report, sweep_decoding  # noqa: E402
+from transformer_jax.training.losses import masked_token_metrics  # noqa: E402
+from transformer_jax.training.metrics_writer import read_metrics  # noqa: E402
+from transformer_jax.training import train_step as train_step_lib  # noqa: E402
+from transformer_jax.training.train_step import TrainState  # noqa: E402
+from transformer_jax.decoding.translator import Translator  # noqa: E402
 
 N = 12  # the resume test trains N, then N more steps
 # Shared by every run so that all of them compile the same programs.
@@ -129,9 +133,9 @@ def summary_record(workdir) -> dict:
 
 
 def abstract_params(workdir):
-  config = run_setup.read_config(str(workdir))
-  vocab = run_setup.load_vocab(config, str(workdir))
-  _, abstract = run_setup.abstract_model(config, vocab.size)
+  config = WorkDir(str(workdir)).read_config()
+  vocab = WorkDir(str(workdir)).load_vocab()
+  _, abstract = config_lib.abstract_model(config, vocab.size)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
 
@@ -257,9 +261,9 @@ def test_training_applies_dropout_keyed_by_step(straight_run, corpus):
   workdir, _ = straight_run
   config = make_config(corpus)
   assert config.model.dropout_rate > 0
-  vocab = run_setup.load_vocab(config, str(workdir))
-  model = run_setup.build_model(config, vocab.size)  # the trainer's initial parameters
-  sources = run_setup.load_sources(config, splits=('train',))
+  vocab = WorkDir(str(workdir)).load_vocab()
+  model = config_lib.build_model(config, vocab.size)  # the trainer's initial parameters
+  sources = registry.load_splits(config.data, splits=('train',))
   batch = next(make_train_iterator(sources['train'], vocab, source_lang='en', target_lang='de',
                                    batch_tokens=config.batch_tokens,
                                    max_length=config.data.max_length, seed=config.seed))
@@ -398,11 +402,12 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(straight_run, 
   before = file_hashes(workdir / 'checkpoints')
   bad_step = 2 * N + 3
 
-  monkeypatch.setattr(trainer, 'make_train_iterator', lambda *args, **kwargs: _PoisonedIterator(
-      make_train_iterator(*args, **kwargs), first_step=2 * N, bad_step=bad_step))
+  poisoned = lambda *args, **kwargs: _PoisonedIterator(
+      make_train_iterator(*args, **kwargs), first_step=2 * N, bad_step=bad_step)
+  config = make_config(corpus, num_train_steps=2 * N + 10, checkpoint_every_steps=1,
+                       keep_checkpoints=100)
   with pytest.raises(trainer.NonFiniteLossError, match=f'non-finite loss at step {bad_step}:'):
-    train(corpus, workdir, num_train_steps=2 * N + 10, checkpoint_every_steps=1,
-          keep_checkpoints=100)
+    trainer.train_and_evaluate(config, str(workdir), make_train_iterator=poisoned)
   assert max(train_records(workdir)) == bad_step - 1, 'steps before the bad one are logged'
   after = file_hashes(workdir / 'checkpoints')
   assert {k: after.get(k) for k in before} == before, 'existing checkpoints changed'
@@ -452,8 +457,8 @@ def test_cooldown_longer_than_training_is_only_an_error_for_the_cooldown_schedul
 
 def test_resuming_with_a_different_model_is_refused(corpus, tmp_path):
   workdir = tmp_path / 'run'
-  run_setup.write_or_check_config(make_config(corpus), str(workdir))
-  run_setup.write_or_check_config(make_config(corpus, num_train_steps=99), str(workdir))
+  WorkDir(str(workdir)).write_or_check_config(make_config(corpus))
+  WorkDir(str(workdir)).write_or_check_config(make_config(corpus, num_train_steps=99))
   with pytest.raises(config_lib.ConfigError, match=r'`model`.*d_model'):
     train(corpus, workdir, model__d_model=64)
 
@@ -631,16 +636,30 @@ def test_sweep_script_appends_one_line_per_setting_and_checks_its_flags(straight
 # --- the paper's base configuration -------------------------------------------------------
 
 
-def test_transformer_base_config_builds():
-  """configs/transformer_base.py validates, and its model and train step trace (no compute)."""
-  from configs import transformer_base
-  from transformer_jax.train_step import make_optimizer, train_step
+def _paper_base_config():
+  """The paper's base model and schedule (Table 3) over the default config's data, with a
+  joint 32k vocabulary and rows of 256 tokens. (WMT14 configs come with its dataset.)"""
+  config = configs.get_config('multi30k')
+  config.batch_tokens, config.num_train_steps = 25_600, 100_000
+  config.data.vocab_size, config.data.max_length = 32_000, 256
+  config.eval.max_decode_length = 256
+  model = config.model
+  model.d_model, model.num_heads, model.d_ff, model.dropout_rate = 512, 8, 2048, 0.1
+  model.num_encoder_layers = model.num_decoder_layers = 6
+  config.optimizer.schedule, config.optimizer.warmup_steps = 'rsqrt', 4000
+  config.optimizer.learning_rate_scale, config.optimizer.cooldown_steps = 1.0, 0
+  return config
 
-  config = transformer_base.get_config()
+
+def test_the_papers_base_model_builds_and_its_step_traces():
+  """The base model validates, has the paper's parameter count, and its train step traces."""
+  from transformer_jax.training.train_step import make_optimizer, train_step
+
+  config = _paper_base_config()
   config_lib.validate(config)
   vocab_size, d, f, layers = config.data.vocab_size, 512, 2048, 6
   tx, schedule = make_optimizer(config.optimizer, d_model=d, total_steps=config.num_train_steps)
-  graphdef, abstract = run_setup.abstract_model(config, vocab_size)
+  graphdef, abstract = config_lib.abstract_model(config, vocab_size)
   state = jax.eval_shape(lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p,
                                               opt_state=tx.init(p)), abstract)
   shapes = [x.shape for x in jax.tree.leaves(abstract)]

@@ -84,6 +84,11 @@ class Checkpointer:
                                    ema_params=out[EMA_ITEM] if EMA_ITEM in items else None)
     return state, meta
 
+  def read_meta(self, step: int) -> dict:
+    """The meta item of checkpoint `step` (step, train seconds, vocabulary hash, ...)."""
+    out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return dict(out['meta'])
+
   def has_ema(self, step: int) -> bool:
     return os.path.isdir(os.path.join(self.directory, str(step), EMA_ITEM))
 
@@ -122,14 +127,10 @@ def average_params(param_trees: list) -> Any:
                       + xs[0].astype(np.float32) / n, *param_trees)
 
 
-def select_params(checkpointer: Checkpointer, abstract_params, which: str = 'best',
-                  ema: bool = True):
-  """Params named by `which`: 'best', 'latest', a step number, or 'average:N' (last N).
+def resolve_steps(checkpointer: Checkpointer, which: str = 'best') -> list[int]:
+  """The steps named by `which`: 'best', 'latest', a step number, or 'average:N' (last N).
 
-  A run trained with an EMA (ema_decay > 0) evaluates and translates with its EMA
-  params unless `ema` is False; the description says which.
-
-  Returns (params, description). Raises FileNotFoundError when nothing fits.
+  Raises FileNotFoundError when nothing fits, ValueError for an unknown `which`.
   """
   steps = checkpointer.all_steps()
   if not steps:
@@ -137,21 +138,32 @@ def select_params(checkpointer: Checkpointer, abstract_params, which: str = 'bes
                             'one yet (train longer, or check --workdir)')
   which = str(which)
   if which == 'latest':
-    step = steps[-1]
-  elif which == 'best':
-    step = checkpointer.best_step() or steps[-1]
-  elif which.startswith('average:'):
-    n = int(which.split(':', 1)[1])
-    chosen = steps[-n:]
-    trees = [checkpointer.restore_params(abstract_params, s, ema) for s in chosen]
-    note = ' (EMA params)' if ema and checkpointer.has_ema(chosen[-1]) else ''
-    return average_params(trees), f'average of steps {chosen}{note}'
-  elif which.isdigit():
-    step = int(which)
-    if step not in steps:
-      raise FileNotFoundError(f'no checkpoint for step {step} in {checkpointer.directory}; '
+    return [steps[-1]]
+  if which == 'best':
+    return [checkpointer.best_step() or steps[-1]]
+  if which.startswith('average:'):
+    return steps[-int(which.split(':', 1)[1]):]
+  if which.isdigit():
+    if int(which) not in steps:
+      raise FileNotFoundError(f'no checkpoint for step {which} in {checkpointer.directory}; '
                               f'available: {steps}')
-  else:
-    raise ValueError(f'checkpoint {which!r}: use best, latest, a step number or average:N')
-  note = ' (EMA params)' if ema and checkpointer.has_ema(step) else ''
+    return [int(which)]
+  raise ValueError(f'checkpoint {which!r}: use best, latest, a step number or average:N')
+
+
+def select_params(checkpointer: Checkpointer, abstract_params, which: str = 'best',
+                  ema: bool = True):
+  """Params named by `which` (see `resolve_steps`); 'average:N' averages the last N.
+
+  A run trained with an EMA (ema_decay > 0) evaluates and translates with its EMA
+  params unless `ema` is False; the description says which.
+
+  Returns (params, description). Raises FileNotFoundError when nothing fits.
+  """
+  chosen = resolve_steps(checkpointer, which)
+  note = ' (EMA params)' if ema and checkpointer.has_ema(chosen[-1]) else ''
+  if str(which).startswith('average:'):
+    trees = [checkpointer.restore_params(abstract_params, s, ema) for s in chosen]
+    return average_params(trees), f'average of steps {chosen}{note}'
+  step = chosen[0]
   return checkpointer.restore_params(abstract_params, step, ema), f'step {step}{note}'

@@ -1,13 +1,15 @@
-"""Checks a training ConfigDict before any compute, and derives the model config."""
+"""Checks a training ConfigDict before any compute, and derives the model from it.
+
+Light to import: the dataset registry answers what datasets and language pairs exist.
+"""
 from __future__ import annotations
 
 import ml_collections
 
-from transformer_jax.config import TransformerConfig
-from transformer_jax.data.pipeline import LANGUAGE_PAIRS  # one list of supported directions
-from transformer_jax.schedules import SCHEDULES
+from transformer_jax.data import registry
+from transformer_jax.nn.config import TransformerConfig
 
-DATASETS = ('multi30k', 'wmt14')
+SCHEDULES = ('rsqrt', 'rsqrt_cooldown')  # training/schedules.py implements each
 
 
 class ConfigError(ValueError):
@@ -18,7 +20,7 @@ def _require(config, key: str, ok, what: str):
   value = config
   for part in key.split('.'):
     if part not in value:
-      raise ConfigError(f'config key `{key}` is missing (see configs/multi30k.py for the full list)')
+      raise ConfigError(f'config key `{key}` is missing (the default config, transformer_jax/configs/multi30k.py, lists them all)')
     value = value[part]
   if not ok(value):
     raise ConfigError(f'config key `{key}` = {value!r} is invalid: {what}')
@@ -45,13 +47,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(config, 'optimizer.learning_rate_scale', lambda v: nonneg(v) and v > 0,
            'must be > 0')
   _require(config, 'optimizer.schedule', lambda v: v in SCHEDULES, f'valid: {SCHEDULES}')
-  _require(config, 'data.dataset', lambda v: v in DATASETS, f'valid: {DATASETS}')
-  _require(config, 'data.source_lang', lambda v: isinstance(v, str), 'must be a string')
-  _require(config, 'data.target_lang', lambda v: isinstance(v, str), 'must be a string')
+  _require(config, 'data.dataset', lambda v: v in registry.dataset_names(),
+           f'registered datasets: {registry.dataset_names()}')
+  _require(config, 'data.source_lang', lambda v: isinstance(v, str) and v, 'must be a language code')
+  _require(config, 'data.target_lang', lambda v: isinstance(v, str) and v, 'must be a language code')
   pair = (config.data.source_lang, config.data.target_lang)
-  if pair not in LANGUAGE_PAIRS:
-    raise ConfigError(f'config keys `data.source_lang`/`data.target_lang` = {pair} is not a valid '
-                      f'language pair; valid: {", ".join("→".join(p) for p in LANGUAGE_PAIRS)}')
+  pairs = registry.get_dataset(config.data.dataset).language_pairs
+  if pairs is not None and pair not in pairs:
+    raise ConfigError(f'config keys `data.source_lang`/`data.target_lang` = {pair} is not a '
+                      f'language pair of dataset {config.data.dataset!r}; valid: '
+                      f'{", ".join("→".join(p) for p in pairs)}')
   if config.batch_tokens < config.data.max_length:
     raise ConfigError(f'config key `batch_tokens` = {config.batch_tokens} must be at least '
                       f'`data.max_length` = {config.data.max_length} (one row)')
@@ -68,12 +73,31 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'config.model: {e}') from None
 
 
+def max_length(config: ml_collections.ConfigDict) -> int:
+  """The longest sequence the model is asked to handle: a packed row or a decoded sentence."""
+  return max(config.data.max_length, config.eval.max_decode_length)
+
+
 def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> TransformerConfig:
   m = config.model
   return TransformerConfig(
       vocab_size=vocab_size, d_model=m.d_model, num_heads=m.num_heads, d_ff=m.d_ff,
       num_encoder_layers=m.num_encoder_layers, num_decoder_layers=m.num_decoder_layers,
       dropout_rate=m.dropout_rate, attention_dropout_rate=m.attention_dropout_rate,
-      relu_dropout_rate=m.relu_dropout_rate,
-      max_length=max(config.data.max_length, config.eval.max_decode_length),
-      pre_ln=m.pre_ln, dtype=m.dtype, attention_impl=m.attention_impl, remat=m.remat)
+      relu_dropout_rate=m.relu_dropout_rate, max_length=max_length(config),
+      pre_ln=m.pre_ln, dtype=m.dtype, param_dtype=m.get('param_dtype', 'float32'),
+      attention_impl=m.attention_impl, remat=m.remat)
+
+
+def build_model(config: ml_collections.ConfigDict, vocab_size: int):
+  """The run's Transformer, initialised from `config.seed`."""
+  from flax import nnx
+  from transformer_jax.nn.model import Transformer
+  return Transformer(model_config(config, vocab_size), rngs=nnx.Rngs(config.seed))
+
+
+def abstract_model(config: ml_collections.ConfigDict, vocab_size: int):
+  """(graphdef, abstract params) without allocating weights."""
+  from flax import nnx
+  model = nnx.eval_shape(lambda: build_model(config, vocab_size))
+  return nnx.split(model, nnx.Param)

@@ -1,29 +1,23 @@
-"""Multi30k data: TFDS builder (no TensorFlow), joint SentencePiece vocab, grain pipelines."""
+"""Data: the dataset registry, datasets (datasets/), the SentencePiece vocabulary, and the
+grain pipelines that pack batches.
 
-from transformer_jax.data.multi30k import (
-    MANUAL_DIR_ENV,
-    DecodedSource,
-    Multi30kDataError,
-    Multi30kFileNotFoundError,
-    load_multi30k,
-    prepare_multi30k,
-)
-from transformer_jax.data.pipeline import (
-    LANGUAGE_PAIRS,
-    EvalBatches,
-    LengthFilterStats,
-    check_language_pair,
-    make_eval_batches,
-    make_train_iterator,
-    tokenize_pair,
-    tokenized_pairs,
-)
-from transformer_jax.data.vocab import Vocab, load_or_train_vocab, train_vocab
+Floor 0 of the package, beside nn/. Names import on first use, so that config validation
+can ask the registry without loading TFDS or grain.
+"""
+import importlib
 
-__all__ = [
-    'MANUAL_DIR_ENV', 'DecodedSource', 'Multi30kDataError', 'Multi30kFileNotFoundError',
-    'load_multi30k', 'prepare_multi30k',
-    'LANGUAGE_PAIRS', 'EvalBatches', 'LengthFilterStats', 'check_language_pair',
-    'make_eval_batches', 'make_train_iterator', 'tokenize_pair', 'tokenized_pairs',
-    'Vocab', 'load_or_train_vocab', 'train_vocab',
-]
+_LAZY = {
+    'DatasetSpec': 'registry', 'register_dataset': 'registry', 'get_dataset': 'registry',
+    'dataset_names': 'registry', 'load_splits': 'registry',
+    'EvalBatches': 'pipeline', 'LengthFilterStats': 'pipeline', 'check_languages': 'pipeline',
+    'make_eval_batches': 'pipeline', 'make_train_iterator': 'pipeline',
+    'tokenize_pair': 'pipeline', 'tokenized_pairs': 'pipeline',
+    'Vocab': 'vocab', 'load_or_train_vocab': 'vocab', 'train_vocab': 'vocab',
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+  if name in _LAZY:
+    return getattr(importlib.import_module(f'{__name__}.{_LAZY[name]}'), name)
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -32,23 +32,27 @@ import numpy as np
 
 from transformer_jax.data.vocab import Vocab
 
-LANGUAGE_PAIRS = (('en', 'de'), ('de', 'en'))
 SEQUENCE_KEYS = ('inputs', 'decoder_inputs', 'targets')
 # More bins than rows, so one long pair rarely closes a batch with half-empty rows:
 # on Multi30k (L=64, B=64) target padding is 6.0 % with B bins, 5.6 % with 2B.
 PACKING_BINS_PER_ROW = 2
 
 
-def check_language_pair(source_lang: str, target_lang: str) -> tuple[str, str]:
-  """Returns (source_lang, target_lang) if it is a supported direction.
+def check_languages(source: Sequence[Mapping[str, str]], source_lang: str,
+                    target_lang: str) -> tuple[str, str]:
+  """Returns (source_lang, target_lang) if the source's examples hold both languages.
 
   Raises:
-    ValueError: listing the valid pairs.
+    ValueError: naming the languages the examples do hold.
   """
-  if (source_lang, target_lang) not in LANGUAGE_PAIRS:
-    valid = ', '.join(f'{s}->{t}' for s, t in LANGUAGE_PAIRS)
-    raise ValueError(
-        f'Unsupported language pair {source_lang}->{target_lang}; valid pairs: {valid}.')
+  if source_lang == target_lang:
+    raise ValueError(f'source and target language are both {source_lang!r}.')
+  if len(source):
+    have = sorted(source[0])
+    missing = [lang for lang in (source_lang, target_lang) if lang not in have]
+    if missing:
+      raise ValueError(f'The examples have no {missing[0]!r} side: they hold {have}; choose '
+                       f'data.source_lang / data.target_lang among them.')
   return source_lang, target_lang
 
 
@@ -184,7 +188,7 @@ def make_train_iterator(
   """An endless (or `num_epochs`-long) iterator of packed [B, max_length] batches.
 
   Args:
-    source: random-access pairs `{'en': str, 'de': str}`, e.g. `load_multi30k`.
+    source: random-access pairs `{language: text}`, e.g. a split of `registry.load_splits`.
     batch_tokens: token slots per batch and side; B = batch_tokens // max_length rows.
     seed: fixes the shuffle (a different permutation each epoch) and the row order.
     shard_index, shard_count: this process reads `source[shard_index::shard_count]`.
@@ -198,7 +202,7 @@ def make_train_iterator(
     iterator built with the same arguments resumes exactly there.
     `iterator.length_filter` is a `LengthFilterStats` of pairs dropped per pass.
   """
-  check_language_pair(source_lang, target_lang)
+  check_languages(source, source_lang, target_lang)
   rows_per_batch = batch_tokens // max_length
   if rows_per_batch < 1:
     raise ValueError(f'batch_tokens={batch_tokens} is smaller than max_length={max_length}.')
@@ -241,7 +245,7 @@ def make_eval_batches(source: Sequence[Mapping[str, str]], vocab: Vocab, *, sour
   so its loss covers a prefix; truncated pairs are counted and logged. References
   stay untruncated for BLEU.
   """
-  check_language_pair(source_lang, target_lang)
+  check_languages(source, source_lang, target_lang)
   pairs = [source[i] for i in range(len(source))]
   sources = [pair[source_lang] for pair in pairs]
   references = [pair[target_lang] for pair in pairs]

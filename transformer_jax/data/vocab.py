@@ -91,7 +91,7 @@ def train_vocab(
     model_path: str | os.PathLike,
     *,
     vocab_size: int = 8000,
-    languages: Sequence[str] = ('en', 'de'),
+    languages: Sequence[str],
     max_sentences: int = 1_000_000,
     num_threads: int = 2,
 ) -> Vocab:
@@ -137,12 +137,12 @@ def load_or_train_vocab(
     vocab_dir: str | os.PathLike,
     *,
     vocab_size: int = 8000,
-    languages: Sequence[str] = ('en', 'de'),
+    languages: Sequence[str],
 ) -> Vocab:
   """`<vocab_dir>/spm.model` if present, else one trained on `train_source`.
 
   Args:
-    train_source: random-access pairs, e.g. `load_multi30k('train', ...)`.
+    train_source: random-access pairs, e.g. the 'train' split of `registry.load_splits`.
     vocab_dir: directory holding the model, e.g. `<workdir>/vocab`.
     vocab_size: requested number of pieces; a tiny corpus may give fewer.
     languages: which side(s) of each pair to learn from.

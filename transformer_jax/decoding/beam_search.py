@@ -7,24 +7,20 @@ beam after each step. Whatever is the same for all beams of a sentence (the
 encoder's cross-attention keys/values) belongs in the step function's closure,
 not in `state`, so that it is never gathered.
 
-Shape suffixes: B sentences, K beams (k), C = 2k candidates, L max length,
-V vocabulary.
+Shape suffixes: B sentences, W beams (k of them: the beam width), C = 2k candidates,
+L max length, V vocabulary, N = B·k decoder rows. (K is the per-head width elsewhere.)
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-StepFn = Callable[[jax.Array, jax.Array, Any], tuple[jax.Array, Any]]
+from transformer_jax.decoding.methods import DecodeResult, lengths_from_tokens, register_method
+from transformer_jax.decoding.model_step import StepFn, model_step_fn
+
 NEG_INF = -jnp.inf  # an empty slot; -inf (not -1e7) so that no arithmetic revives it
-
-
-class BeamSearchResult(NamedTuple):
-  tokens_BL: jax.Array  # int32, the best hypothesis per sentence, 0 after eos
-  scores_B: jax.Array   # float32, its length-penalised log-probability
-  num_steps: jax.Array  # int32 scalar, decoder steps run (< L when stopped early)
 
 
 def length_penalty(length, alpha: float):
@@ -32,10 +28,10 @@ def length_penalty(length, alpha: float):
   return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
 
 
-def _take_beams(x_BK_, beam_idx_BC):
-  """x[b, beam_idx[b, c]] for every sentence b: [B, K, ...] -> [B, C, ...]."""
-  idx = beam_idx_BC.reshape(beam_idx_BC.shape + (1,) * (x_BK_.ndim - 2))
-  return jnp.take_along_axis(x_BK_, idx, axis=1)
+def _take_beams(x_BW_, beam_idx_BC):
+  """x[b, beam_idx[b, c]] for every sentence b: [B, W, ...] -> [B, C, ...]."""
+  idx = beam_idx_BC.reshape(beam_idx_BC.shape + (1,) * (x_BW_.ndim - 2))
+  return jnp.take_along_axis(x_BW_, idx, axis=1)
 
 
 def _top(scores_BN, k, *arrays_BN_):
@@ -44,7 +40,7 @@ def _top(scores_BN, k, *arrays_BN_):
   return (top_scores,) + tuple(_take_beams(a, idx) for a in arrays_BN_)
 
 
-def _top_candidates(cand_logp_BKV, n_cand):
+def _top_candidates(cand_logp_BWV, n_cand):
   """The n_cand best (log-prob, parent beam, token) over all k·V extensions of a sentence.
 
   Two stages: the n_cand best tokens of each beam, then the n_cand best of those
@@ -52,11 +48,11 @@ def _top_candidates(cand_logp_BKV, n_cand):
   the one-stage top_k over [B, k·V], ties included (both order them by beam,
   then token); XLA:CPU runs top_k over a 4×8k row ~3.5× slower than these two.
   """
-  b, k, vocab = cand_logp_BKV.shape
+  b, k, vocab = cand_logp_BWV.shape
   per_beam = min(n_cand, vocab)  # a beam cannot give more than its vocabulary
-  beam_logp_BKP, beam_token_BKP = jax.lax.top_k(cand_logp_BKV, per_beam)
-  cand_logp_BC, j_BC = jax.lax.top_k(beam_logp_BKP.reshape(b, k * per_beam), n_cand)
-  token_BC = jnp.take_along_axis(beam_token_BKP.reshape(b, k * per_beam), j_BC, axis=1)
+  beam_logp_BWP, beam_token_BWP = jax.lax.top_k(cand_logp_BWV, per_beam)
+  cand_logp_BC, j_BC = jax.lax.top_k(beam_logp_BWP.reshape(b, k * per_beam), n_cand)
+  token_BC = jnp.take_along_axis(beam_token_BWP.reshape(b, k * per_beam), j_BC, axis=1)
   return cand_logp_BC, j_BC // per_beam, token_BC
 
 
@@ -71,7 +67,7 @@ def beam_search_from_step_fn(
     bos_id: int = 2,
     eos_id: int = 3,
     stop_early: bool = True,
-) -> BeamSearchResult:
+) -> DecodeResult:
   """Beam search over `step_fn`, entirely inside one `lax.while_loop`.
 
   Each step extends the k live hypotheses of a sentence by every token and
@@ -104,17 +100,17 @@ def beam_search_from_step_fn(
   b, k, n_cand = batch_size, beam_size, 2 * beam_size
   best_possible_lp = length_penalty(max_length, alpha)
   # Column 0 holds bos; column t + 1 the token chosen at step t.
-  live_tokens_BKL = jnp.zeros((b, k, max_length + 1), jnp.int32).at[:, :, 0].set(bos_id)
+  live_tokens_BWL = jnp.zeros((b, k, max_length + 1), jnp.int32).at[:, :, 0].set(bos_id)
   # Only beam 0 is real at first: the other k - 1 copies would repeat its extensions.
-  live_logp_BK = jnp.full((b, k), NEG_INF).at[:, 0].set(0.0)
-  fin_tokens_BKL = jnp.zeros((b, k, max_length + 1), jnp.int32)
-  fin_scores_BK = jnp.full((b, k), NEG_INF)
-  init = (jnp.asarray(0, jnp.int32), live_tokens_BKL, live_logp_BK, fin_tokens_BKL,
-          fin_scores_BK, state)
+  live_logp_BW = jnp.full((b, k), NEG_INF).at[:, 0].set(0.0)
+  fin_tokens_BWL = jnp.zeros((b, k, max_length + 1), jnp.int32)
+  fin_scores_BW = jnp.full((b, k), NEG_INF)
+  init = (jnp.asarray(0, jnp.int32), live_tokens_BWL, live_logp_BW, fin_tokens_BWL,
+          fin_scores_BW, state)
 
-  def sentence_done(live_logp_BK, fin_scores_BK):
-    worst_finished_B = fin_scores_BK.min(axis=1)  # -inf while a slot is empty
-    best_live_bound_B = live_logp_BK.max(axis=1) / best_possible_lp
+  def sentence_done(live_logp_BW, fin_scores_BW):
+    worst_finished_B = fin_scores_BW.min(axis=1)  # -inf while a slot is empty
+    best_live_bound_B = live_logp_BW.max(axis=1) / best_possible_lp
     return (worst_finished_B > best_live_bound_B) | (best_live_bound_B == NEG_INF)
 
   def cond(carry):
@@ -129,16 +125,16 @@ def beam_search_from_step_fn(
     last_N = jax.lax.dynamic_index_in_dim(live_tokens, step, axis=2, keepdims=False).reshape(-1)
     log_probs_NV, state = step_fn(last_N, step, state)
     vocab = log_probs_NV.shape[-1]
-    cand_logp_BKV = live_logp[:, :, None] + log_probs_NV.reshape(b, k, vocab).astype(jnp.float32)
-    cand_logp_BC, parent_BC, token_BC = _top_candidates(cand_logp_BKV, n_cand)
+    cand_logp_BWV = live_logp[:, :, None] + log_probs_NV.reshape(b, k, vocab).astype(jnp.float32)
+    cand_logp_BC, parent_BC, token_BC = _top_candidates(cand_logp_BWV, n_cand)
     cand_tokens_BCL = jax.lax.dynamic_update_index_in_dim(
         _take_beams(live_tokens, parent_BC), token_BC[:, :, None], step + 1, axis=2)
     ends_BC = token_BC == eos_id
 
     # Live: the k best candidates that did not end in eos.
-    live_logp, live_tokens, live_parent_BK = _top(
+    live_logp, live_tokens, live_parent_BW = _top(
         jnp.where(ends_BC, NEG_INF, cand_logp_BC), k, cand_tokens_BCL, parent_BC)
-    rows_N = (jnp.arange(b)[:, None] * k + live_parent_BK).reshape(-1)
+    rows_N = (jnp.arange(b)[:, None] * k + live_parent_BW).reshape(-1)
     state = jax.tree.map(lambda x: jnp.take(x, rows_N, axis=0), state)
 
     # Finished: the k best of the old finished set and the candidates that end now,
@@ -156,4 +152,17 @@ def beam_search_from_step_fn(
   any_finished_B = fin_scores[:, 0] > NEG_INF
   tokens_BL = jnp.where(any_finished_B[:, None], fin_tokens[:, 0, 1:], live_tokens[:, 0, 1:])
   scores_B = jnp.where(any_finished_B, fin_scores[:, 0], live_logp[:, 0] / best_possible_lp)
-  return BeamSearchResult(tokens_BL, scores_B, step)
+  return DecodeResult(tokens_BL, scores_B, lengths_from_tokens(tokens_BL, eos_id), step)
+
+
+@register_method('beam_search')
+def beam_search(model, inputs_BS, *, beam_size: int, max_length: int, alpha: float = 0.6,
+                bos_id: int = 2, eos_id: int = 3, stop_early: bool = True) -> DecodeResult:
+  """Beam-search translation of inputs_BS [B, S]: the best hypothesis per sentence.
+
+  Score = log P(Y | X) / ((5 + |Y|) / 6)^α; see `beam_search_from_step_fn`.
+  """
+  step_fn, state = model_step_fn(model, inputs_BS, max_length, beam_size=beam_size)
+  return beam_search_from_step_fn(step_fn, state, batch_size=inputs_BS.shape[0],
+                                  beam_size=beam_size, max_length=max_length, alpha=alpha,
+                                  bos_id=bos_id, eos_id=eos_id, stop_early=stop_early)

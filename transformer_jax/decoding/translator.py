@@ -1,27 +1,18 @@
 """Translate with a trained work directory: `Translator(workdir).translate(['A man runs.'])`."""
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import Sequence
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 from jax.sharding import SingleDeviceSharding
 
-from transformer_jax import decoding, run_setup, sharding
-from transformer_jax.checkpointing import Checkpointer, select_params
-
-
-class VocabularyMismatchError(ValueError):
-  """The work directory's vocabulary is not the one its checkpoint was trained with."""
-
-
-def file_sha256(path: str) -> str:
-  with open(path, 'rb') as f:
-    return hashlib.sha256(f.read()).hexdigest()
+from transformer_jax import config_lib, sharding
+from transformer_jax.checkpointing import resolve_steps, select_params
+from transformer_jax.decoding.decoder import make_decoder
+from transformer_jax.workdir import VocabularyMismatchError, WorkDir  # noqa: F401 (re-exported)
 
 
 def _bucket(n: int, multiple: int = 16) -> int:
@@ -39,45 +30,27 @@ class Translator:
   """
 
   def __init__(self, workdir: str, checkpoint: str = 'best', ema: bool = True):
-    self.config = run_setup.read_config(workdir)
-    self.vocab = run_setup.load_vocab(self.config, workdir)
-    self.graphdef, abstract = run_setup.abstract_model(self.config, self.vocab.size)
+    self.workdir = WorkDir(workdir)
+    self.config = self.workdir.read_config()
+    self.vocab = self.workdir.load_vocab()
+    self.graphdef, abstract = config_lib.abstract_model(self.config, self.vocab.size)
     device = SingleDeviceSharding(jax.devices()[0])
     target = sharding.with_shardings(abstract, jax.tree.map(lambda _: device, abstract))
-    checkpointer = Checkpointer(workdir, read_only=True)
-    self._check_vocab(checkpointer)
+    checkpointer = self.workdir.checkpointer(read_only=True)
+    self.workdir.check_vocab_matches(checkpointer, self.vocab,
+                                     resolve_steps(checkpointer, checkpoint)[-1])
     self.params, self.checkpoint_description = select_params(checkpointer, target, checkpoint,
                                                                  ema)
-    self.max_length = self.config.model.get('max_length', None) or max(
-        self.config.data.max_length, self.config.eval.max_decode_length)
+    checkpointer.close()
+    self.max_length = config_lib.max_length(self.config)
     self._decoders = {}
     self.num_truncated = 0
-
-  def _check_vocab(self, checkpointer: Checkpointer) -> None:
-    steps = checkpointer.all_steps()
-    if not steps:
-      return  # select_params raises the clear "no checkpoints" error
-    meta = checkpointer.manager.restore(steps[-1], args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore()))['meta']
-    expected = meta.get('vocab_sha256')
-    if expected and expected != file_sha256(self.vocab.path):
-      raise VocabularyMismatchError(
-          f'{self.vocab.path} is not the vocabulary the checkpoints in {checkpointer.directory} '
-          'were trained with (sha256 differs): restore the run\'s own vocab/spm.model')
-    if meta.get('vocab_size', self.vocab.size) != self.vocab.size:
-      raise VocabularyMismatchError(
-          f'{self.vocab.path} has {self.vocab.size} pieces but the checkpoint was trained with '
-          f'{meta["vocab_size"]}: restore the run\'s own vocab/spm.model')
 
   def _decoder(self, beam_size: int, alpha: float, max_length: int):
     key = (beam_size, alpha, max_length)
     if key not in self._decoders:
-      if beam_size == 1:
-        fn = decoding.make_decoder(self.graphdef, decoding.greedy_decode, max_length=max_length)
-      else:
-        fn = decoding.make_decoder(self.graphdef, decoding.beam_search, beam_size=beam_size,
-                                   alpha=alpha, max_length=max_length)
-      self._decoders[key] = fn
+      self._decoders[key] = make_decoder(self.graphdef, beam_size=beam_size, alpha=alpha,
+                                         max_length=max_length)
     return self._decoders[key]
 
   def encode_sources(self, sentences: Sequence[str]) -> list[list[int]]:
@@ -129,7 +102,7 @@ class Translator:
       decode_len = min(max_length or self.max_length, self.max_length,
                        _bucket(int(src_len * 1.5) + 10))
       result = self._decoder(beam_size, alpha, decode_len)(self.params, inputs)
-      tokens = np.asarray(jax.device_get(result[0] if isinstance(result, tuple) else result))
+      tokens = np.asarray(jax.device_get(result.tokens_BL))
       for row, i in enumerate(idx):
         out[i] = self.vocab.decode(tokens[row].tolist())
       if progress is not None:

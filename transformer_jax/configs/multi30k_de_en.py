@@ -8,7 +8,7 @@ host), 43.18 at the end (65.7 min, α 1.0; raw params 43.15).
   on that run's last checkpoint: beam 4 gave 42.10 with α 0.6 and 42.33 with
   α 1.0; beams 5 and 8 were no better (42.23, 42.27 with α 1.0); greedy 41.33.
 """
-from configs import multi30k
+from transformer_jax.configs import multi30k
 
 
 def get_config():

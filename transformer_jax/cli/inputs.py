@@ -29,7 +29,7 @@ def read_sources_and_references(input_path: str, reference_path: str | None):
 
 def load_translator(workdir: str, checkpoint: str, ema: bool):
   """The Translator of --workdir at --checkpoint."""
-  from transformer_jax.translator import Translator
+  from transformer_jax.decoding.translator import Translator
   try:
     return Translator(workdir, checkpoint=checkpoint, ema=ema)
   except (FileNotFoundError, ValueError) as e:

@@ -10,62 +10,44 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from transformer_jax import masks
-from transformer_jax.attention import cache_layout
-from transformer_jax.config import TransformerConfig
-from transformer_jax.dropout import dropout
-from transformer_jax.layers import FeedForward, LayerNorm, MultiHeadAttention, param
-from transformer_jax.positions import sinusoidal_encoding
-from transformer_jax.tied_projection import tied_logits
+from transformer_jax.nn import masks
+from transformer_jax.nn.attention import cache_layout
+from transformer_jax.nn.config import TransformerConfig
+from transformer_jax.nn.dropout import dropout
+from transformer_jax.nn.attention_layers import CrossAttention, SelfAttention
+from transformer_jax.nn.layers import FeedForward, LayerNorm, Residual, param
+from transformer_jax.nn.positions import sinusoidal_encoding
+from transformer_jax.nn.tied_projection import tied_logits
 
 
 def _key(rng, site: int):
   return None if rng is None else jax.random.fold_in(rng, site)
 
 
-class _Residual(nnx.Module):
-  """Residual connection around a sub-layer, with its LayerNorm placed by cfg.pre_ln.
-
-  post-LN (paper): LayerNorm(x + Dropout(Sublayer(x)));  pre-LN: x + Dropout(Sublayer(LayerNorm(x))).
-  """
-
-  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
-    self.norm = LayerNorm(cfg, rngs=rngs)
-    self.cfg = cfg
-
-  def __call__(self, x_BTD, sublayer, rng):
-    h = sublayer(self.norm(x_BTD) if self.cfg.pre_ln else x_BTD)
-    aux = None
-    if isinstance(h, tuple):
-      h, aux = h
-    y = x_BTD + dropout(h, self.cfg.dropout_rate, rng)
-    return (y if self.cfg.pre_ln else self.norm(y)), aux
-
-
 class EncoderLayer(nnx.Module):
   def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
-    self.self_attention = MultiHeadAttention(cfg, self_attention=True, rngs=rngs)
+    self.self_attention = SelfAttention(cfg, rngs=rngs)
     self.feed_forward = FeedForward(cfg, rngs=rngs)
-    self.attention_residual = _Residual(cfg, rngs=rngs)
-    self.ff_residual = _Residual(cfg, rngs=rngs)
+    self.attention_residual = Residual(cfg, rngs=rngs)
+    self.ff_residual = Residual(cfg, rngs=rngs)
 
   def __call__(self, x_BSD, mask_B1SS, dropout_rng=None, return_weights=False):
     x, w = self.attention_residual(
         x_BSD, lambda h: self.self_attention(h, mask_B1SS, dropout_rng=_key(dropout_rng, 0),
                                              return_weights=return_weights), _key(dropout_rng, 1))
-    x, _ = self.ff_residual(x, lambda h: self.feed_forward(h, _key(dropout_rng, 2)),
+    x, _ = self.ff_residual(x, lambda h: (self.feed_forward(h, _key(dropout_rng, 2)), None),
                             _key(dropout_rng, 3))
     return x, w
 
 
 class DecoderLayer(nnx.Module):
   def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
-    self.self_attention = MultiHeadAttention(cfg, self_attention=True, rngs=rngs)
-    self.cross_attention = MultiHeadAttention(cfg, self_attention=False, rngs=rngs)
+    self.self_attention = SelfAttention(cfg, rngs=rngs)
+    self.cross_attention = CrossAttention(cfg, rngs=rngs)
     self.feed_forward = FeedForward(cfg, rngs=rngs)
-    self.self_residual = _Residual(cfg, rngs=rngs)
-    self.cross_residual = _Residual(cfg, rngs=rngs)
-    self.ff_residual = _Residual(cfg, rngs=rngs)
+    self.self_residual = Residual(cfg, rngs=rngs)
+    self.cross_residual = Residual(cfg, rngs=rngs)
+    self.ff_residual = Residual(cfg, rngs=rngs)
 
   def __call__(self, y_BTD, memory_BSD, self_mask_B1TT, cross_mask_B1TS, dropout_rng=None,
                return_weights=False):
@@ -73,10 +55,10 @@ class DecoderLayer(nnx.Module):
         y_BTD, lambda h: self.self_attention(h, self_mask_B1TT, dropout_rng=_key(dropout_rng, 0),
                                              return_weights=return_weights), _key(dropout_rng, 1))
     y, w_cross = self.cross_residual(
-        y, lambda h: self.cross_attention(h, cross_mask_B1TS, memory_BSD=memory_BSD,
+        y, lambda h: self.cross_attention(h, memory_BSD, cross_mask_B1TS,
                                           dropout_rng=_key(dropout_rng, 2),
                                           return_weights=return_weights), _key(dropout_rng, 3))
-    y, _ = self.ff_residual(y, lambda h: self.feed_forward(h, _key(dropout_rng, 4)),
+    y, _ = self.ff_residual(y, lambda h: (self.feed_forward(h, _key(dropout_rng, 4)), None),
                             _key(dropout_rng, 5))
     return y, (w_self, w_cross)
 
@@ -103,7 +85,7 @@ class DecoderLayer(nnx.Module):
     cross_q = lambda h: (self.cross_attention.attend_cached(
         self.cross_attention.project_q(h), cross_kv[0], cross_kv[1], cross_mask_B11S), None)
     y, _ = self.cross_residual(y, cross_q, None)
-    y, _ = self.ff_residual(y, self.feed_forward, None)
+    y, _ = self.ff_residual(y, lambda h: (self.feed_forward(h), None), None)
     return y, new_self_kv
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-SCHEDULES = ('rsqrt', 'rsqrt_cooldown')
+from transformer_jax.config_lib import SCHEDULES  # noqa: F401 (the names config validation accepts)
 
 
 def rsqrt_schedule(step, *, d_model: int, warmup_steps: int, scale: float = 1.0):

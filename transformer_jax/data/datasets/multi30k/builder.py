@@ -1,4 +1,4 @@
-"""Multi30k Task 1 (English–German) as a TFDS dataset, read without TensorFlow.
+"""The Multi30k TFDS builder and reader (no TensorFlow); the registry entry is `__init__.py`.
 
 The builder writes ArrayRecord files; `load_multi30k` reads them back through
 `tfds.data_source`, a random-access sequence of `{'en': str, 'de': str}` that
@@ -20,48 +20,10 @@ from pathlib import Path
 from absl import logging
 import tensorflow_datasets as tfds
 
-LANGUAGES = ('en', 'de')
-MANUAL_DIR_ENV = 'MULTI30K_DIR'
-DOWNLOAD_URL = 'https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/'
-
-# TFDS split name -> file stem in the Multi30k repository (`<stem>.<lang>`).
-SPLIT_FILE_STEMS = {
-    'train': 'train',
-    'validation': 'val',
-    'test2016': 'test_2016_flickr',
-    'test2017': 'test_2017_flickr',
-    'test2017_mscoco': 'test_2017_mscoco',
-    'test2018': 'test_2018_flickr',
-}
-REQUIRED_SPLITS = ('train', 'validation')
-# test_2018_flickr.de was published late and is not in every copy; never fetched.
-DOWNLOADED_SPLITS = ('train', 'validation', 'test2016', 'test2017', 'test2017_mscoco')
-
-_HOW_TO_PROVIDE = (
-    f'Provide a directory holding train.en, train.de, val.en and val.de (gunzipped, '
-    f'from {DOWNLOAD_URL}) through the config key `data.manual_dir` or the '
-    f'environment variable {MANUAL_DIR_ENV}.'
-)
-
-
-class Multi30kDataError(ValueError):
-  """Raw Multi30k text that cannot be turned into sentence pairs."""
-
-
-class Multi30kFileNotFoundError(Multi30kDataError, FileNotFoundError):
-  """The manual directory or one of its required files is missing."""
-
-
-def resolve_manual_dir(manual_dir: str | os.PathLike | None) -> Path | None:
-  """The explicit argument, else `$MULTI30K_DIR`, else None (= download)."""
-  chosen = manual_dir or os.environ.get(MANUAL_DIR_ENV) or None
-  if chosen is None:
-    return None
-  path = Path(chosen).expanduser()
-  if not path.is_dir():
-    raise Multi30kFileNotFoundError(
-        f'Multi30k manual directory {path} does not exist. {_HOW_TO_PROVIDE}')
-  return path
+from transformer_jax.data.datasets.multi30k import (  # noqa: F401 (re-exported)
+    DOWNLOAD_URL, DOWNLOADED_SPLITS, HOW_TO_PROVIDE, LANGUAGES, MANUAL_DIR_ENV, REQUIRED_SPLITS,
+    SPLIT_FILE_STEMS, Multi30kDataError,
+    Multi30kFileNotFoundError, resolve_manual_dir)
 
 
 def read_lines(path: Path) -> list[str]:
@@ -120,7 +82,7 @@ def find_manual_split_files(manual_dir: Path) -> dict[str, dict[str, Path]]:
       found[split] = paths
     elif split in REQUIRED_SPLITS:
       raise Multi30kFileNotFoundError(
-          f'Missing Multi30k file {missing[0]}. {_HOW_TO_PROVIDE}')
+          f'Missing Multi30k file {missing[0]}. {HOW_TO_PROVIDE}')
   return found
 
 

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from transformer_jax.losses import masked_token_metrics
-from transformer_jax.schedules import make_schedule
+from transformer_jax.training.losses import masked_token_metrics
+from transformer_jax.training.schedules import make_schedule
 
 
 @flax.struct.dataclass
@@ -108,16 +108,3 @@ def eval_step(params, batch, *, graphdef, label_smoothing: float):
   logits = _forward(graphdef, params, batch, None)
   return masked_token_metrics(logits, batch['targets'], batch['targets_segmentation'] != 0,
                               label_smoothing)
-
-
-def summarize(sums) -> dict:
-  """Host-side averages of summed metrics: loss, nll, perplexity, token accuracy."""
-  n = max(float(sums['num_tokens']), 1.0)
-  nll = float(sums['nll_sum']) / n
-  out = {'loss': float(sums['loss_sum']) / n, 'nll': nll,
-         'perplexity': float(jnp.exp(jnp.minimum(nll, 50.0))),
-         'accuracy': float(sums['correct_sum']) / n, 'num_tokens': int(n)}
-  for k in ('learning_rate', 'grad_norm'):
-    if k in sums:
-      out[k] = float(sums[k])
-  return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from transformer_jax.dropout import dropout
+from transformer_jax.nn.dropout import dropout
 
 
 def split_heads(x_BTD: jax.Array, num_heads: int) -> jax.Array:

@@ -64,7 +64,8 @@ def get_config():
   config.model.attention_dropout_rate = 0.0
   config.model.relu_dropout_rate = 0.0
   config.model.pre_ln = False
-  config.model.dtype = 'float32'
+  config.model.dtype = 'float32'        # compute dtype ('bfloat16' on accelerators)
+  config.model.param_dtype = 'float32'  # storage dtype of the weights and optimizer state
   config.model.attention_impl = 'auto'
   config.model.remat = False
 

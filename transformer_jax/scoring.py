@@ -1,37 +1,11 @@
-"""Validation: loss over eval batches, and corpus BLEU of decoded translations (sacreBLEU)."""
+"""Scores of translations against references: sacreBLEU (cased, with its signature),
+lowercased BLEU and chrF; and a sweep of decoding settings scored the same way."""
 from __future__ import annotations
 
 import time
 from typing import Callable, Iterator, Sequence
 
-import jax
-import numpy as np
 import sacrebleu
-
-from transformer_jax.sharding import to_host
-from transformer_jax.train_step import summarize
-
-
-def eval_loss(eval_fn: Callable, params, batches: Sequence[dict]) -> dict:
-  """Token-averaged validation loss, nll, perplexity and accuracy."""
-  totals = None
-  for batch in batches:
-    sums = eval_fn(params, batch)
-    totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
-  return summarize(to_host(totals))
-
-
-def decode_batches(decode_fn: Callable, params, inputs: Sequence[np.ndarray]) -> list[list[int]]:
-  """Token ids of every row of every batch of source ids, in order.
-
-  decode_fn(params, inputs_BS) returns tokens [B, L] or (tokens, scores).
-  """
-  pending = [decode_fn(params, x) for x in inputs]  # dispatch all before the first fetch
-  rows = []
-  for out in pending:
-    tokens = np.asarray(to_host(out[0] if isinstance(out, tuple) else out))
-    rows.extend(tokens.tolist())
-  return rows
 
 
 def bleu_report(hypotheses: Sequence[str], references: Sequence[str]) -> dict:

@@ -1,5 +1,5 @@
 """A tiny model for tests: trains end to end on fixture data in seconds."""
-from configs import multi30k
+from transformer_jax.configs import multi30k
 
 
 def get_config():

@@ -1,0 +1,1 @@
+"""One module (or package) per dataset; each registers a `DatasetSpec` when imported."""

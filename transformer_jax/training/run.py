@@ -1,0 +1,110 @@
+"""Building a run: config checks, the mesh, data, vocabulary, train state, resume, the steps.
+
+    run = build_run(config, workdir)     # everything a training loop needs, resumed if saved
+    train_loop(run, Evaluator.for_run(run))
+
+`make_train_iterator` is a seam: tests and users hand in another batch source (one that
+poisons a batch, one that reads two shards in one process) without patching modules.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+
+from transformer_jax import config_lib, sharding
+from transformer_jax.data import pipeline, registry
+from transformer_jax.training.train_step import (eval_step, init_train_state, make_optimizer,
+                                                 train_step)
+from transformer_jax.workdir import WorkDir
+
+
+@dataclasses.dataclass
+class Run:
+  """What the loop drives. `state` is replaced by every step (its buffers are donated)."""
+  config: Any
+  workdir: WorkDir
+  mesh: jax.sharding.Mesh
+  splits: dict          # {'train', 'validation'}: random-access {language: text} sources
+  vocab: Any
+  graphdef: Any
+  state: Any            # TrainState, sharded over the mesh
+  state_shardings: Any
+  train_iter: Any       # grain iterator of packed batches (get_state/set_state)
+  eval_data: Any        # pipeline.EvalBatches
+  checkpointer: Any
+  meta: dict            # train_seconds, best_bleu, vocabulary identity; saved with checkpoints
+  dropout_key: jax.Array
+  train_step: Callable  # jitted (state, batch, dropout_key) -> (state, device metrics)
+  eval_step: Callable   # jitted (params, batch) -> summed device metrics
+  is_chief: bool
+
+
+def load_data(config, workdir: WorkDir):
+  """(splits, vocab): process 0 prepares the data and trains the vocabulary; the others wait."""
+  is_chief = jax.process_index() == 0
+  if is_chief:  # one writer for config.json and the vocabulary; the others wait, then read
+    workdir.write_or_check_config(config)
+    splits = registry.load_splits(config.data)
+  if jax.process_count() > 1:
+    # TFDS prepares data_dir in place: two processes preparing one shared data_dir race to
+    # rename it into place (FileExistsError). Process 0 prepares; the rest then read.
+    multihost_utils.sync_global_devices('data prepared')
+  if not is_chief:
+    splits = registry.load_splits(config.data)
+  vocab = workdir.load_or_train_vocab(config, splits[registry.TRAIN] if is_chief else None,
+                                      wait_for_chief=jax.process_count() > 1)
+  return splits, vocab
+
+
+def build_run(config, workdir: str, *,
+              make_train_iterator: Callable = pipeline.make_train_iterator) -> Run:
+  """Checks `config`, builds everything, and resumes from the newest checkpoint if any."""
+  config_lib.validate(config)
+  workdir = WorkDir(workdir)
+  mesh = sharding.make_mesh(config.mesh)
+  sharding.check_batch_rows(config.batch_tokens // config.data.max_length, mesh)
+  sharding.check_batch_rows(config.eval.batch_size, mesh)
+  splits, vocab = load_data(config, workdir)
+  src, tgt = config.data.source_lang, config.data.target_lang
+
+  model = config_lib.build_model(config, vocab.size)
+  tx, schedule = make_optimizer(config.optimizer, d_model=config.model.d_model,
+                                total_steps=config.num_train_steps)
+  graphdef, state = init_train_state(model, tx, ema=config.ema_decay > 0)
+  del model
+  state_sh = sharding.state_shardings(state, tx, mesh)
+  state = jax.device_put(state, state_sh)
+  # Each process reads its own shard of the data and feeds its rows of the global batch.
+  train_iter = make_train_iterator(splits[registry.TRAIN], vocab, source_lang=src, target_lang=tgt,
+                                   batch_tokens=config.batch_tokens // jax.process_count(),
+                                   max_length=config.data.max_length, seed=config.seed,
+                                   shard_index=jax.process_index(),
+                                   shard_count=jax.process_count())
+  eval_data = pipeline.make_eval_batches(splits[registry.VALIDATION], vocab, source_lang=src,
+                                         target_lang=tgt, batch_size=config.eval.batch_size,
+                                         max_length=config.data.max_length)
+  checkpointer = workdir.checkpointer(keep=config.keep_checkpoints)
+  meta = {'train_seconds': 0.0, 'best_bleu': None, **workdir.vocab_meta(vocab)}
+  if checkpointer.latest_step() is not None:
+    state, meta = checkpointer.restore(sharding.with_shardings(state, state_sh))
+    state = state.replace(step=jax.device_put(state.step, state_sh.step))
+    train_iter.set_state(meta['data_iterator'])
+    logging.info('Resumed from step %d in %s', meta['step'], checkpointer.directory)
+
+  step_fn = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule,
+                                      label_smoothing=config.label_smoothing,
+                                      ema_decay=config.ema_decay),
+                    in_shardings=(state_sh, sharding.batch_sharding(mesh), None),
+                    out_shardings=(state_sh, None), donate_argnums=0)
+  eval_fn = jax.jit(functools.partial(eval_step, graphdef=graphdef,
+                                      label_smoothing=config.label_smoothing))
+  return Run(config=config, workdir=workdir, mesh=mesh, splits=splits, vocab=vocab,
+             graphdef=graphdef, state=state, state_shardings=state_sh, train_iter=train_iter,
+             eval_data=eval_data, checkpointer=checkpointer, meta=meta,
+             dropout_key=jax.random.key(config.seed), train_step=step_fn, eval_step=eval_fn,
+             is_chief=jax.process_index() == 0)
