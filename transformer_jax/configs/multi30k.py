@@ -84,6 +84,7 @@ def get_config():
   config.eval.batch_size = 128
   config.eval.beam_size = 4
   config.eval.alpha = 0.6
+  config.eval.method = ''            # '' = by beam size (1: greedy, more: beam_search), or a registered name
   config.eval.max_decode_length = 64
   config.eval.num_bleu_sentences = 0  # 0 = the whole validation split
 

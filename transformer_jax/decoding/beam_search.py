@@ -12,6 +12,7 @@ L max length, V vocabulary, N = B·k decoder rows. (K is the per-head width else
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -56,6 +57,37 @@ def _top_candidates(cand_logp_BWV, n_cand):
   return cand_logp_BC, j_BC // per_beam, token_BC
 
 
+def _extend_beams(carry, step_fn: StepFn, *, alpha: float, eos_id: int):
+  """One search step: extend every live hypothesis, keep the live and finished k best."""
+  step, live_tokens, live_logp, fin_tokens, fin_scores, state = carry
+  b, k = live_logp.shape
+  n_cand = 2 * k
+  last_N = jax.lax.dynamic_index_in_dim(live_tokens, step, axis=2, keepdims=False).reshape(-1)
+  log_probs_NV, state = step_fn(last_N, step, state)
+  vocab = log_probs_NV.shape[-1]
+  cand_logp_BWV = live_logp[:, :, None] + log_probs_NV.reshape(b, k, vocab).astype(jnp.float32)
+  cand_logp_BC, parent_BC, token_BC = _top_candidates(cand_logp_BWV, n_cand)
+  cand_tokens_BCL = jax.lax.dynamic_update_index_in_dim(
+      _take_beams(live_tokens, parent_BC), token_BC[:, :, None], step + 1, axis=2)
+  ends_BC = token_BC == eos_id
+
+  # Live: the k best candidates that did not end in eos.
+  live_logp, live_tokens, live_parent_BW = _top(
+      jnp.where(ends_BC, NEG_INF, cand_logp_BC), k, cand_tokens_BCL, parent_BC)
+  rows_N = (jnp.arange(b)[:, None] * k + live_parent_BW).reshape(-1)
+  state = jax.tree.map(lambda x: jnp.take(x, rows_N, axis=0), state)
+
+  # Finished: the k best of the old finished set and the candidates that end now,
+  # counting an eos only among the top k (top_k sorts), as fairseq does.
+  finishes_BC = ends_BC & (jnp.arange(n_cand) < k)
+  new_scores_BC = jnp.where(finishes_BC, cand_logp_BC / length_penalty(step + 1, alpha),
+                            NEG_INF)
+  fin_scores, fin_tokens = _top(
+      jnp.concatenate([fin_scores, new_scores_BC], axis=1), k,
+      jnp.concatenate([fin_tokens, cand_tokens_BCL], axis=1))
+  return step + 1, live_tokens, live_logp, fin_tokens, fin_scores, state
+
+
 def beam_search_from_step_fn(
     step_fn: StepFn,
     state: Any,
@@ -97,7 +129,7 @@ def beam_search_from_step_fn(
   """
   if alpha < 0:
     raise ValueError(f'alpha must be >= 0 for the early-stopping bound, got {alpha}')
-  b, k, n_cand = batch_size, beam_size, 2 * beam_size
+  b, k = batch_size, beam_size
   best_possible_lp = length_penalty(max_length, alpha)
   # Column 0 holds bos; column t + 1 the token chosen at step t.
   live_tokens_BWL = jnp.zeros((b, k, max_length + 1), jnp.int32).at[:, :, 0].set(bos_id)
@@ -120,33 +152,7 @@ def beam_search_from_step_fn(
       running &= ~jnp.all(sentence_done(live_logp, fin_scores))
     return running
 
-  def body(carry):
-    step, live_tokens, live_logp, fin_tokens, fin_scores, state = carry
-    last_N = jax.lax.dynamic_index_in_dim(live_tokens, step, axis=2, keepdims=False).reshape(-1)
-    log_probs_NV, state = step_fn(last_N, step, state)
-    vocab = log_probs_NV.shape[-1]
-    cand_logp_BWV = live_logp[:, :, None] + log_probs_NV.reshape(b, k, vocab).astype(jnp.float32)
-    cand_logp_BC, parent_BC, token_BC = _top_candidates(cand_logp_BWV, n_cand)
-    cand_tokens_BCL = jax.lax.dynamic_update_index_in_dim(
-        _take_beams(live_tokens, parent_BC), token_BC[:, :, None], step + 1, axis=2)
-    ends_BC = token_BC == eos_id
-
-    # Live: the k best candidates that did not end in eos.
-    live_logp, live_tokens, live_parent_BW = _top(
-        jnp.where(ends_BC, NEG_INF, cand_logp_BC), k, cand_tokens_BCL, parent_BC)
-    rows_N = (jnp.arange(b)[:, None] * k + live_parent_BW).reshape(-1)
-    state = jax.tree.map(lambda x: jnp.take(x, rows_N, axis=0), state)
-
-    # Finished: the k best of the old finished set and the candidates that end now,
-    # counting an eos only among the top k (top_k sorts), as fairseq does.
-    finishes_BC = ends_BC & (jnp.arange(n_cand) < k)
-    new_scores_BC = jnp.where(finishes_BC, cand_logp_BC / length_penalty(step + 1, alpha),
-                              NEG_INF)
-    fin_scores, fin_tokens = _top(
-        jnp.concatenate([fin_scores, new_scores_BC], axis=1), k,
-        jnp.concatenate([fin_tokens, cand_tokens_BCL], axis=1))
-    return step + 1, live_tokens, live_logp, fin_tokens, fin_scores, state
-
+  body = functools.partial(_extend_beams, step_fn=step_fn, alpha=alpha, eos_id=eos_id)
   step, live_tokens, live_logp, fin_tokens, fin_scores, _ = jax.lax.while_loop(cond, body, init)
   # top_k keeps both sets sorted: slot 0 is the best.
   any_finished_B = fin_scores[:, 0] > NEG_INF

@@ -69,7 +69,7 @@ def decoder_from_config(graphdef: nnx.GraphDef, eval_config) -> Callable[..., De
   """The decoder a run's validation BLEU is measured with (config section `eval`)."""
   return make_decoder(graphdef, max_length=eval_config.max_decode_length,
                       beam_size=eval_config.beam_size, alpha=eval_config.alpha,
-                      method=eval_config.get('method', None))
+                      method=eval_config.get('method') or None)
 
 
 def decode_batches(decoder: Callable[..., DecodeResult], params,
