@@ -1,8 +1,20 @@
-"""Inverted dropout as a pure function (Srivastava et al. 2014)."""
+"""Inverted dropout as a pure function (Srivastava et al. 2014), and the key of each site."""
 from __future__ import annotations
+
+import zlib
 
 import jax
 import jax.numpy as jnp
+
+
+def site_key(rng: jax.Array | None, name: str) -> jax.Array | None:
+  """The dropout key of the site called `name` ('self_attention/output', 'layer_3', ...).
+
+  fold_in(rng, crc32(name)): a site's random bits follow from its name, not from its place
+  in a count, so adding or removing a sub-layer leaves every other site's mask as it was.
+  None (evaluation) stays None.
+  """
+  return None if rng is None else jax.random.fold_in(rng, zlib.crc32(name.encode()))
 
 
 def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:

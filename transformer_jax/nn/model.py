@@ -1,8 +1,9 @@
 """The encoder-decoder Transformer (Vaswani et al. 2017) as Flax NNX modules.
 
 Randomness is explicit: every call takes an optional `dropout_rng` (None at
-evaluation) and derives one key per dropout site with `fold_in`, so a train
-step is a pure function of (params, batch, step key).
+evaluation) and derives one key per dropout site from the site's name
+(`dropout.site_key`), so a train step is a pure function of (params, batch,
+step key) and adding a sub-layer moves no other site's mask.
 """
 from __future__ import annotations
 
@@ -13,15 +14,11 @@ from flax import nnx
 from transformer_jax.nn import masks
 from transformer_jax.nn.attention import cache_layout
 from transformer_jax.nn.config import TransformerConfig
-from transformer_jax.nn.dropout import dropout
+from transformer_jax.nn.dropout import dropout, site_key
 from transformer_jax.nn.attention_layers import CrossAttention, SelfAttention
 from transformer_jax.nn.layers import FeedForward, LayerNorm, Residual, param
 from transformer_jax.nn.positions import sinusoidal_encoding
 from transformer_jax.nn.tied_projection import tied_logits
-
-
-def _key(rng, site: int):
-  return None if rng is None else jax.random.fold_in(rng, site)
 
 
 class EncoderLayer(nnx.Module):
@@ -33,10 +30,12 @@ class EncoderLayer(nnx.Module):
 
   def __call__(self, x_BSD, mask_B1SS, dropout_rng=None, return_weights=False):
     x, w = self.attention_residual(
-        x_BSD, lambda h: self.self_attention(h, mask_B1SS, dropout_rng=_key(dropout_rng, 0),
-                                             return_weights=return_weights), _key(dropout_rng, 1))
-    x, _ = self.ff_residual(x, lambda h: (self.feed_forward(h, _key(dropout_rng, 2)), None),
-                            _key(dropout_rng, 3))
+        x_BSD, lambda h: self.self_attention(
+            h, mask_B1SS, dropout_rng=site_key(dropout_rng, 'self_attention/weights'),
+            return_weights=return_weights), site_key(dropout_rng, 'self_attention/output'))
+    x, _ = self.ff_residual(
+        x, lambda h: (self.feed_forward(h, site_key(dropout_rng, 'feed_forward/hidden')), None),
+        site_key(dropout_rng, 'feed_forward/output'))
     return x, w
 
 
@@ -52,14 +51,17 @@ class DecoderLayer(nnx.Module):
   def __call__(self, y_BTD, memory_BSD, self_mask_B1TT, cross_mask_B1TS, dropout_rng=None,
                return_weights=False):
     y, w_self = self.self_residual(
-        y_BTD, lambda h: self.self_attention(h, self_mask_B1TT, dropout_rng=_key(dropout_rng, 0),
-                                             return_weights=return_weights), _key(dropout_rng, 1))
+        y_BTD, lambda h: self.self_attention(
+            h, self_mask_B1TT, dropout_rng=site_key(dropout_rng, 'self_attention/weights'),
+            return_weights=return_weights), site_key(dropout_rng, 'self_attention/output'))
     y, w_cross = self.cross_residual(
-        y, lambda h: self.cross_attention(h, memory_BSD, cross_mask_B1TS,
-                                          dropout_rng=_key(dropout_rng, 2),
-                                          return_weights=return_weights), _key(dropout_rng, 3))
-    y, _ = self.ff_residual(y, lambda h: (self.feed_forward(h, _key(dropout_rng, 4)), None),
-                            _key(dropout_rng, 5))
+        y, lambda h: self.cross_attention(
+            h, memory_BSD, cross_mask_B1TS,
+            dropout_rng=site_key(dropout_rng, 'cross_attention/weights'),
+            return_weights=return_weights), site_key(dropout_rng, 'cross_attention/output'))
+    y, _ = self.ff_residual(
+        y, lambda h: (self.feed_forward(h, site_key(dropout_rng, 'feed_forward/hidden')), None),
+        site_key(dropout_rng, 'feed_forward/output'))
     return y, (w_self, w_cross)
 
   def step(self, y_N1D, step, self_kv, cross_kv, cross_mask_B11S):
@@ -131,11 +133,11 @@ class Transformer(nnx.Module):
     pos_BS = (jnp.broadcast_to(jnp.arange(inputs_BS.shape[1]), inputs_BS.shape)
               if inputs_position is None else inputs_position)
     mask = masks.segment_mask(seg_BS, seg_BS)
-    x = self.embed(inputs_BS, pos_BS, _key(dropout_rng, 0))
+    x = self.embed(inputs_BS, pos_BS, site_key(dropout_rng, 'encoder/embedding'))
     weights = []
     for i, layer in enumerate(self.encoder_layers):
       run = self._maybe_remat(lambda x, r, layer=layer: layer(x, mask, r, return_weights))
-      x, w = run(x, _key(dropout_rng, 100 + i))
+      x, w = run(x, site_key(dropout_rng, f'encoder/layer_{i}'))
       weights.append(w)
     if cfg.pre_ln:
       x = self.encoder_norm(x)
@@ -152,12 +154,12 @@ class Transformer(nnx.Module):
     self_mask = masks.combine_masks(masks.segment_mask(tgt_seg, tgt_seg),
                                     masks.causal_mask(decoder_inputs_BT.shape[1]))
     cross_mask = masks.segment_mask(tgt_seg, inputs_segmentation)
-    y = self.embed(decoder_inputs_BT, pos, _key(dropout_rng, 1))
+    y = self.embed(decoder_inputs_BT, pos, site_key(dropout_rng, 'decoder/embedding'))
     weights = []
     for i, layer in enumerate(self.decoder_layers):
       run = self._maybe_remat(lambda y, r, layer=layer: layer(y, memory_BSD, self_mask, cross_mask,
                                                               r, return_weights))
-      y, w = run(y, _key(dropout_rng, 200 + i))
+      y, w = run(y, site_key(dropout_rng, f'decoder/layer_{i}'))
       weights.append(w)
     if cfg.pre_ln:
       y = self.decoder_norm(y)
