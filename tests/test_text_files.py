@@ -17,7 +17,7 @@ def test_read_lines_errors_name_the_file(tmp_path):
     read_lines(str(tmp_path / 'missing.txt'))
   latin1 = tmp_path / 'latin1.txt'
   latin1.write_bytes('Straße\n'.encode('latin-1'))
-  with pytest.raises(ValueError, match='latin1.txt: not valid UTF-8'):
+  with pytest.raises(ValueError, match='latin1.txt: line 1 is not valid UTF-8'):
     read_lines(str(latin1))
 
 

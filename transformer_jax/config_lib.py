@@ -7,12 +7,13 @@ from __future__ import annotations
 import ml_collections
 
 from transformer_jax.data import registry
+from transformer_jax.errors import UserError
 from transformer_jax.nn.config import TransformerConfig
 
 SCHEDULES = ('rsqrt', 'rsqrt_cooldown')  # training/schedules.py implements each
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
   """A config key is missing or holds an invalid value; the message names the key."""
 
 
@@ -46,6 +47,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(config, key, lambda v: nonneg(v) and v < 1, 'must be in [0, 1)')
   _require(config, 'optimizer.learning_rate_scale', lambda v: nonneg(v) and v > 0,
            'must be > 0')
+  if not isinstance(config.get('allow_resume_with_changes', False), bool):
+    raise ConfigError('config key `allow_resume_with_changes` = '
+                      f'{config.allow_resume_with_changes!r} is invalid: must be True or False')
   _require(config, 'optimizer.schedule', lambda v: v in SCHEDULES, f'valid: {SCHEDULES}')
   _require(config, 'data.dataset', lambda v: v in registry.dataset_names(),
            f'registered datasets: {registry.dataset_names()}')

@@ -17,6 +17,8 @@ import optax
 from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from transformer_jax.errors import UserError
+
 MESH_AXES = ('data', 'fsdp', 'tensor')
 BATCH_AXES = ('data', 'fsdp')
 LOGICAL_RULES = {
@@ -28,7 +30,7 @@ LOGICAL_RULES = {
 }
 
 
-class MeshError(ValueError):
+class MeshError(UserError, ValueError):
   """A mesh configuration does not fit the devices or the batch."""
 
 

@@ -2,6 +2,8 @@
 absl `app.UsageError` that names the flag and says what to do."""
 from __future__ import annotations
 
+import os
+
 from absl import app
 
 from transformer_jax.text_files import read_lines
@@ -27,10 +29,32 @@ def read_sources_and_references(input_path: str, reference_path: str | None):
   return sources, references
 
 
+def check_output_path(path: str, flag: str) -> None:
+  """Before any work: --`flag`'s directory must exist and the path must not be a directory."""
+  if path == '-':
+    return
+  directory = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(directory):
+    raise app.UsageError(f'--{flag}={path}: directory {directory} does not exist (create it '
+                         'first)')
+  if os.path.isdir(path):
+    raise app.UsageError(f'--{flag}={path} is a directory: give a file path')
+
+
 def load_translator(workdir: str, checkpoint: str, ema: bool):
-  """The Translator of --workdir at --checkpoint."""
+  """The Translator of --workdir at --checkpoint; each error names the flag it is about."""
+  from transformer_jax.checkpointing import check_checkpoint_choice
   from transformer_jax.decoding.translator import Translator
+  try:
+    check_checkpoint_choice(checkpoint)
+  except ValueError as e:
+    raise app.UsageError(f'--checkpoint={checkpoint}: {e}') from None
+  if not os.path.isdir(workdir):
+    raise app.UsageError(f'--workdir={workdir}: no such directory (a work directory written '
+                         'by train.py)')
   try:
     return Translator(workdir, checkpoint=checkpoint, ema=ema)
   except (FileNotFoundError, ValueError) as e:
-    raise app.UsageError(f'--workdir={workdir}: {e}') from None
+    about_checkpoint = str(e).startswith(('checkpoint ', 'no checkpoint for step'))
+    flag = f'--checkpoint={checkpoint}' if about_checkpoint else f'--workdir={workdir}'
+    raise app.UsageError(f'{flag}: {e}') from None

@@ -14,26 +14,31 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from transformer_jax import configs
+from transformer_jax.cli.errors import config_override_errors, report_user_errors
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', configs.path_of(configs.DEFAULT),
-    f'Training configuration: a packaged config by name ({", ".join(configs.names())}) or the '
-    'path of a .py file with get_config().', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None,
-                               'Run directory: checkpoints, vocabulary, metrics. Reused to resume. '
-                               'Default: runs/<dataset>_<source>_<target>.')
-_MULTIHOST = flags.DEFINE_bool('multihost', False, 'Start jax.distributed from the cluster '
-                               'environment (TPU pod, SLURM, ...) before training.')
-_COORDINATOR = flags.DEFINE_string('coordinator_address', None,
-                                   'host:port of process 0, for multi-process runs.')
-_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in a multi-process run.')
-_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\'s index, 0-based.')
-_COMPILATION_CACHE = flags.DEFINE_string(
-    'compilation_cache_dir', os.path.join(os.path.expanduser('~'), '.cache', 'transformer_jax',
-                                          'xla'),
-    'Persistent XLA compilation cache: a resumed, restarted or repeated run of the same shapes '
-    'loads its train step and decoders instead of compiling them. "" turns it off; '
-    '$JAX_COMPILATION_CACHE_DIR, when set, wins.')
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """Defined when the tool runs, not on import: the config flag reads sys.argv when defined."""
+  config_flags.DEFINE_config_file(
+      'config', configs.path_of(configs.DEFAULT),
+      f'Training configuration: a packaged config by name ({", ".join(configs.names())}) or '
+      'the path of a .py file with get_config().', lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, vocabulary, metrics. Reused '
+                      'to resume. Default: runs/<dataset>_<source>_<target>.')
+  flags.DEFINE_bool('multihost', False, 'Start jax.distributed from the cluster environment '
+                    '(TPU pod, SLURM, ...) before training.')
+  flags.DEFINE_string('coordinator_address', None,
+                      'host:port of process 0, for multi-process runs.')
+  flags.DEFINE_integer('num_processes', None, 'Processes in a multi-process run.')
+  flags.DEFINE_integer('process_id', None, 'This process\'s index, 0-based.')
+  flags.DEFINE_string(
+      'compilation_cache_dir',
+      os.path.join(os.path.expanduser('~'), '.cache', 'transformer_jax', 'xla'),
+      'Persistent XLA compilation cache: a resumed, restarted or repeated run of the same shapes '
+      'loads its train step and decoders instead of compiling them. "" turns it off; '
+      '$JAX_COMPILATION_CACHE_DIR, when set, wins.')
 
 
 def default_workdir(config) -> str:
@@ -49,13 +54,15 @@ def main(argv):
   from transformer_jax.sharding import maybe_initialize_distributed
   from transformer_jax.training.loop import train_and_evaluate
   quiet_libraries()
-  if _COMPILATION_CACHE.value and not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
-    jax.config.update('jax_compilation_cache_dir', _COMPILATION_CACHE.value)
-  if _MULTIHOST.value and not _COORDINATOR.value:
+  config = FLAGS.config
+  if FLAGS.compilation_cache_dir and not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+    jax.config.update('jax_compilation_cache_dir', FLAGS.compilation_cache_dir)
+  if FLAGS.multihost and not FLAGS.coordinator_address:
     jax.distributed.initialize()
   else:
-    maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  train_and_evaluate(_CONFIG.value, _WORKDIR.value or default_workdir(_CONFIG.value))
+    maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                 FLAGS.process_id)
+  train_and_evaluate(config, FLAGS.workdir or default_workdir(config))
 
 
 def resolve_config_argv(argv: list[str]) -> list[str]:
@@ -76,7 +83,16 @@ def resolve_config_argv(argv: list[str]) -> list[str]:
 def run() -> None:
   """The console entry point."""
   sys.argv = resolve_config_argv(sys.argv)
-  app.run(main)
+  # A --config.* override of a key the config lacks fails while the flag is defined or
+  # parsed (ml_collections raises KeyError/AttributeError): one line naming it, exit 2.
+  with config_override_errors():
+    _define_flags()
+  app.run(report_user_errors(main), flags_parser=_parse_flags)
+
+
+def _parse_flags(argv):
+  with config_override_errors():
+    return FLAGS(argv)
 
 
 if __name__ == '__main__':

@@ -12,6 +12,8 @@ import time
 
 from absl import app, flags
 
+from transformer_jax.cli.errors import report_user_errors
+
 flags.DEFINE_string('workdir', None, 'Work directory written by train.py.', required=True)
 flags.DEFINE_string('input', '-', 'Source sentences, one per line; - = stdin.')
 flags.DEFINE_string('output', '-', 'Where translations go, one per line; - = stdout.')
@@ -32,11 +34,15 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   from tqdm.auto import tqdm
-  from transformer_jax.cli.inputs import load_translator, read_sources_and_references
+  from transformer_jax.cli.inputs import (check_output_path, load_translator,
+                                          read_sources_and_references)
   from transformer_jax.cli.logs import quiet_libraries
   from transformer_jax.scoring import bleu_report
   from transformer_jax.text_files import write_text_atomically
   quiet_libraries()
+  check_output_path(FLAGS.output, 'output')
+  if FLAGS.score_file:
+    check_output_path(FLAGS.score_file, 'score_file')
   sources, references = read_sources_and_references(FLAGS.input, FLAGS.reference)
   translator = load_translator(FLAGS.workdir, FLAGS.checkpoint, FLAGS.ema)
   beam_size, alpha = translator.decoding_settings(FLAGS.beam_size, FLAGS.alpha)
@@ -67,7 +73,7 @@ def main(argv):
 
 def run() -> None:
   """The console entry point."""
-  app.run(main)
+  app.run(report_user_errors(main))
 
 
 if __name__ == '__main__':

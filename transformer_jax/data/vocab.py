@@ -1,4 +1,4 @@
-"""A joint English–German SentencePiece vocabulary.
+"""A joint SentencePiece vocabulary over the languages of a run.
 
 One unigram model covers both languages so the encoder and decoder can share
 (and tie) a single embedding table. Ids 0–3 are fixed: pad=0 (so zero-filled
@@ -16,8 +16,14 @@ from absl import logging
 import numpy as np
 import sentencepiece as spm
 
+from transformer_jax.errors import UserError
+
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 MODEL_FILENAME = 'spm.model'
+
+
+class VocabularyFileError(UserError, ValueError):
+  """A vocabulary file that is not a SentencePiece model with this project's special ids."""
 
 
 class Vocab:
@@ -27,11 +33,17 @@ class Vocab:
 
   def __init__(self, path: str | os.PathLike):
     self.path = Path(path)
-    self._processor = spm.SentencePieceProcessor(model_file=os.fspath(self.path))
+    try:
+      self._processor = spm.SentencePieceProcessor(model_file=os.fspath(self.path))
+    except (RuntimeError, OSError) as e:  # sentencepiece raises RuntimeError on a bad file
+      raise VocabularyFileError(
+          f'{self.path} is not a readable SentencePiece model ({e}): restore the file, or '
+          'train into a new work directory (a run\'s checkpoints need their own vocabulary)'
+      ) from None
     found = (self._processor.pad_id(), self._processor.unk_id(),
              self._processor.bos_id(), self._processor.eos_id())
     if found != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
-      raise ValueError(
+      raise VocabularyFileError(
           f'{self.path} has special ids (pad, unk, bos, eos) = {found}, expected '
           f'{(PAD_ID, UNK_ID, BOS_ID, EOS_ID)}; delete it to retrain.')
 
@@ -126,6 +138,10 @@ def train_vocab(
       )
       model_file.close()
       os.replace(model_file.name, model_path)
+    except RuntimeError as e:  # sentencepiece's errors (a too small vocabulary, no text)
+      raise VocabularyFileError(
+          f'training the vocabulary {model_path} failed: {str(e).split("] ")[-1]} (config key '
+          f'`data.vocab_size` = {vocab_size})') from None
     finally:
       if os.path.exists(model_file.name):
         os.unlink(model_file.name)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Sequence
 
 import jax
@@ -13,6 +14,28 @@ from transformer_jax import config_lib, sharding
 from transformer_jax.checkpointing import resolve_steps, select_params
 from transformer_jax.decoding.decoder import make_decoder
 from transformer_jax.workdir import VocabularyMismatchError, WorkDir  # noqa: F401 (re-exported)
+
+
+def _is_integer(value) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_translate_arguments(sentences, batch_size, max_length) -> None:
+  """TypeError/ValueError naming the argument (and the sentence) that `translate` cannot take."""
+  if isinstance(sentences, (str, bytes)):
+    raise TypeError(f'sentences must be a list of str, got one {type(sentences).__name__}: '
+                    'wrap a single sentence as [sentence]')
+  if not isinstance(sentences, Sequence):
+    raise TypeError(f'sentences must be a list of str, got {type(sentences).__name__}')
+  for i, sentence in enumerate(sentences):
+    if not isinstance(sentence, str):
+      raise TypeError(f'sentences[{i}] is {type(sentence).__name__} ({sentence!r:.40}): every '
+                      'sentence must be a str')
+  if not _is_integer(batch_size) or batch_size < 1:
+    raise ValueError(f'batch_size must be an integer >= 1, got {batch_size!r}')
+  if max_length is not None and (not _is_integer(max_length) or max_length < 1):
+    raise ValueError(f'max_length must be None (the model\'s) or an integer >= 1, got '
+                     f'{max_length!r}')
 
 
 def _bucket(n: int, multiple: int = 16) -> int:
@@ -74,11 +97,11 @@ class Translator:
     """
     beam_size = self.config.eval.beam_size if beam_size is None else beam_size
     alpha = self.config.eval.alpha if alpha is None else alpha
-    if not isinstance(beam_size, int) or isinstance(beam_size, bool) or beam_size < 1:
+    if not _is_integer(beam_size) or beam_size < 1:
       raise ValueError(f'beam_size must be an integer >= 1 (1 = greedy), got {beam_size!r}')
     if not alpha >= 0:
       raise ValueError(f'alpha (the length penalty exponent) must be >= 0, got {alpha!r}')
-    return beam_size, float(alpha)
+    return int(beam_size), float(alpha)
 
   def translate(self, sentences: Sequence[str], *, beam_size: int | None = None,
                 alpha: float | None = None, batch_size: int = 64,
@@ -90,6 +113,7 @@ class Translator:
     and put back in order. `progress`, if given, is called with the number of sentences done.
     """
     beam_size, alpha = self.decoding_settings(beam_size, alpha)
+    check_translate_arguments(sentences, batch_size, max_length)
     sources = self.encode_sources(sentences)
     out = [''] * len(sources)
     order = sorted((i for i, s in enumerate(sources) if s), key=lambda i: len(sources[i]))
@@ -99,7 +123,7 @@ class Translator:
       inputs = np.zeros((batch_size, src_len), np.int32)
       for row, i in enumerate(idx):
         inputs[row, :len(sources[i])] = sources[i]
-      decode_len = min(max_length or self.max_length, self.max_length,
+      decode_len = min(self.max_length if max_length is None else max_length, self.max_length,
                        _bucket(int(src_len * 1.5) + 10))
       result = self._decoder(beam_size, alpha, decode_len)(self.params, inputs)
       tokens = np.asarray(jax.device_get(result.tokens_BL))

@@ -4,8 +4,10 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from transformer_jax.errors import UserError
 
-class NonFiniteLossError(FloatingPointError):
+
+class NonFiniteLossError(UserError, FloatingPointError):
   """Training produced a NaN/Inf loss; the last good checkpoint is left untouched."""
 
 
