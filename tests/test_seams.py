@@ -1,6 +1,7 @@
 """The seams a newcomer extends through: the dataset registry, config -> model, the work
 directory's config check, and the decoder chosen from a run's eval section."""
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -61,12 +62,13 @@ def test_a_workdir_written_before_a_key_existed_resumes_when_the_key_has_its_def
   config = configs.get_config('tiny')
   workdir = WorkDir(str(tmp_path / 'run'))
   workdir.write_or_check_config(config)
+  os.makedirs(os.path.join(workdir.path, 'checkpoints', '4'))  # the config is frozen from here
   old = json.loads(open(workdir.config_path).read())
   del old['model']['param_dtype']  # as session-4 runs wrote it
   open(workdir.config_path, 'w').write(json.dumps(old))
   workdir.write_or_check_config(config)  # the default: the same model
   config.model.param_dtype = 'bfloat16'
-  with pytest.raises(config_lib.ConfigError, match=r"different `model` section.*param_dtype"):
+  with pytest.raises(config_lib.ConfigError, match=r"different values of \['model\.param_dtype'\]"):
     workdir.write_or_check_config(config)
 
 

@@ -7,13 +7,20 @@ killed mid-save leaves the previous checkpoints intact.
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
+import glob
 import os
+import shutil
 from typing import Any
 
+from absl import logging
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
+
+from transformer_jax.checkpoint_integrity import CheckpointError, Integrity
 
 BLEU_KEY = 'bleu'
 EMA_ITEM = 'ema_params'
@@ -49,6 +56,8 @@ class Checkpointer:
                                            best_mode='max', cleanup_tmp_directories=not read_only)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=('params', 'opt_state', 'meta', EMA_ITEM))
+    self.integrity = Integrity(self.directory)
+    self.read_only = read_only
 
   def save(self, state, meta: dict, metrics: dict | None = None) -> None:
     step = int(jax.device_get(state.step))
@@ -61,8 +70,42 @@ class Checkpointer:
                  opt_state=ocp.args.StandardSave(state.opt_state), meta=ocp.args.JsonSave(meta))
     if state.ema_params is not None:
       items[EMA_ITEM] = ocp.args.StandardSave(state.ema_params)
-    self.manager.save(step, args=ocp.args.Composite(**items),
-        metrics=None if metrics is None else {BLEU_KEY: float(metrics[BLEU_KEY])}, force=True)
+    self.wait()  # the previous save is finished and has its manifest
+    self._check_free_space(step, state)
+    with self._disk_full_is_an_error(step):
+      self.manager.save(step, args=ocp.args.Composite(**items), force=True,
+                        metrics=None if metrics is None else {BLEU_KEY: float(metrics[BLEU_KEY])})
+
+  def _check_free_space(self, step: int, state) -> None:
+    """Refuses to start a save the disk cannot hold (orbax would die half-way through)."""
+    trees = (state.params, state.opt_state, state.ema_params)
+    needed = sum(getattr(x, 'nbytes', 0) for x in jax.tree.leaves(trees)) * 1.05 + (1 << 20)
+    free = shutil.disk_usage(self.directory).free
+    if free < needed:
+      raise CheckpointError(self._no_space_message(step, needed, free))
+
+  def _no_space_message(self, step: int, needed: float | None, free: int) -> str:
+    need = f'~{needed / 2**20:.0f} MB, ' if needed else ''
+    return (f'not enough disk space to save checkpoint {step} in {self.directory}: it needs '
+            f'{need}{free / 2**20:.0f} MB are free. Free some space and run again: it resumes '
+            'from the last checkpoint, which is intact')
+
+  @contextlib.contextmanager
+  def _disk_full_is_an_error(self, step):
+    """An ENOSPC from orbax becomes one clear error; its temporary directory is removed."""
+    try:
+      yield
+    except OSError as e:
+      if e.errno != errno.ENOSPC:
+        raise
+      self.remove_temporary_directories()
+      raise CheckpointError(self._no_space_message(
+          step, None, shutil.disk_usage(self.directory).free)) from e
+
+  def remove_temporary_directories(self) -> None:
+    """The `<step>.orbax-checkpoint-tmp*` a failed or killed save leaves (a checkpoint each)."""
+    for path in glob.glob(os.path.join(self.directory, '*.orbax-checkpoint-tmp*')):
+      shutil.rmtree(path, ignore_errors=True)
 
   def restore(self, abstract_state, step: int | None = None):
     """(state, meta) of `step` (default: latest); abstract_state gives structure and shardings."""
@@ -105,65 +148,53 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def best_step(self) -> int | None:
-    """The step with the highest validation BLEU among the kept checkpoints."""
-    scored = [(m[BLEU_KEY], s) for s in self.all_steps()
-              if (m := self.manager.metrics(s)) is not None and BLEU_KEY in m]
-    return max(scored)[1] if scored else None
+  def best_step(self, intact_only: bool = False) -> int | None:
+    """The step with the highest validation BLEU among the kept (and intact) checkpoints."""
+    scored = sorted(((m[BLEU_KEY], s) for s in self.all_steps()
+                     if (m := self.manager.metrics(s)) is not None and BLEU_KEY in m),
+                    reverse=True)
+    return next((s for _, s in scored if not (intact_only and self.problem(s))), None)
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    """Waits for an async save to finish, then records the manifests of finished steps."""
+    with self._disk_full_is_an_error(self.latest_step()):
+      self.manager.wait_until_finished()
+    if not self.read_only and jax.process_index() == 0:
+      for step in self.all_steps():
+        self.integrity.write_manifest(step)
 
   def close(self) -> None:
+    self.wait()
     self.manager.close()
 
+  def problem(self, step: int) -> str | None:
+    """None if checkpoint `step` is intact, else what is damaged (`checkpoint_integrity`)."""
+    return self.integrity.problem(step)
 
-def average_params(param_trees: list) -> Any:
-  """Element-wise mean of several parameter trees (checkpoint averaging)."""
-  if not param_trees:
-    raise ValueError('average_params needs at least one parameter tree')
-  n = len(param_trees)
-  return jax.tree.map(lambda *xs: sum(x.astype(np.float32) for x in xs[1:]) / n
-                      + xs[0].astype(np.float32) / n, *param_trees)
+  def newest_intact_step(self) -> int | None:
+    """The step to resume from: damaged newer steps are moved aside (logged, never deleted).
 
-
-def resolve_steps(checkpointer: Checkpointer, which: str = 'best') -> list[int]:
-  """The steps named by `which`: 'best', 'latest', a step number, or 'average:N' (last N).
-
-  Raises FileNotFoundError when nothing fits, ValueError for an unknown `which`.
-  """
-  steps = checkpointer.all_steps()
-  if not steps:
-    raise FileNotFoundError(f'no checkpoints in {checkpointer.directory}: the run has not saved '
-                            'one yet (train longer, or check --workdir)')
-  which = str(which)
-  if which == 'latest':
-    return [steps[-1]]
-  if which == 'best':
-    return [checkpointer.best_step() or steps[-1]]
-  if which.startswith('average:'):
-    return steps[-int(which.split(':', 1)[1]):]
-  if which.isdigit():
-    if int(which) not in steps:
-      raise FileNotFoundError(f'no checkpoint for step {which} in {checkpointer.directory}; '
-                              f'available: {steps}')
-    return [int(which)]
-  raise ValueError(f'checkpoint {which!r}: use best, latest, a step number or average:N')
+    Raises CheckpointError when there are checkpoints but none is intact.
+    """
+    steps, damaged = self.all_steps(), []
+    for step in reversed(steps):
+      problem = self.problem(step)
+      if problem is None:
+        break
+      moved = None if self.read_only else self.integrity.quarantine(step)
+      logging.warning('checkpoint %d in %s is damaged (%s); %s', step, self.directory, problem,
+                      f'moved to {moved}' if moved else 'skipped')
+      damaged.append(f'{step} ({problem})')
+    else:
+      if steps:
+        raise CheckpointError(f'no intact checkpoint in {self.directory}: {"; ".join(damaged)}. '
+                              'Restore them or train into a new --workdir')
+      return None
+    if damaged and not self.read_only:
+      self.manager.reload()
+    return step
 
 
-def select_params(checkpointer: Checkpointer, abstract_params, which: str = 'best',
-                  ema: bool = True):
-  """Params named by `which` (see `resolve_steps`); 'average:N' averages the last N.
-
-  A run trained with an EMA (ema_decay > 0) evaluates and translates with its EMA
-  params unless `ema` is False; the description says which.
-
-  Returns (params, description). Raises FileNotFoundError when nothing fits.
-  """
-  chosen = resolve_steps(checkpointer, which)
-  note = ' (EMA params)' if ema and checkpointer.has_ema(chosen[-1]) else ''
-  if str(which).startswith('average:'):
-    trees = [checkpointer.restore_params(abstract_params, s, ema) for s in chosen]
-    return average_params(trees), f'average of steps {chosen}{note}'
-  step = chosen[0]
-  return checkpointer.restore_params(abstract_params, step, ema), f'step {step}{note}'
+# Selection lives in checkpoint_selection.py; these names stay importable from here.
+from transformer_jax.checkpoint_selection import (  # noqa: E402,F401
+    CHECKPOINT_CHOICES, average_params, check_checkpoint_choice, resolve_steps, select_params)

@@ -44,6 +44,7 @@ def get_config():
   config.average_last_n = 3         # >1: also evaluate the average of the last N checkpoints at the end
   config.time_limit_minutes = 90.0  # >0: stop (and save) after this much training wall time
   config.ema_decay = 0.995           # >0: keep an EMA of the params; evaluate and translate with it
+  config.allow_resume_with_changes = False  # True: resume although optimizer values or the seed changed
 
   config.data = ml_collections.ConfigDict()
   config.data.dataset = 'multi30k'

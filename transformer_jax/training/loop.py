@@ -110,6 +110,14 @@ def train_loop(run: Run, evaluator: Evaluator) -> dict:
   Evaluates every eval_every_steps and at the end, checkpoints every checkpoint_every_steps.
   Returns the summary that is also written to metrics.jsonl (prefix summary_).
   """
+  try:
+    return _train(run, evaluator)
+  finally:
+    if run.lock is not None:
+      run.lock.release()
+
+
+def _train(run: Run, evaluator: Evaluator) -> dict:
   config = run.config
   loop = _Loop(run, evaluator)
   stopped_by = None  # a signal: save and leave

@@ -4,13 +4,17 @@ from __future__ import annotations
 import json
 import os
 
+from transformer_jax.text_files import write_text_atomically
+
+METRICS_FILE = 'metrics.jsonl'
+
 
 class MetricsWriter:
   """Appends one JSON object per logged step; writes the same scalars to TensorBoard."""
 
   def __init__(self, workdir: str, enabled: bool = True):
     self.enabled = enabled
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.path = os.path.join(workdir, METRICS_FILE)
     self._tb = None
     if enabled:
       try:
@@ -36,9 +40,23 @@ class MetricsWriter:
       self._tb.close()
 
 
+def truncate_metrics(workdir: str, step: int) -> int:
+  """Drops the records after `step` (a resume retrains them); returns how many were dropped.
+
+  Rewritten atomically, so a kill during the rewrite leaves the old file. Every reader
+  (read_metrics, scripts/plot_bleu.py) then sees each step once.
+  """
+  records = read_metrics(workdir)
+  kept = [r for r in records if r['step'] <= step]
+  if len(kept) < len(records):
+    write_text_atomically(os.path.join(workdir, METRICS_FILE),
+                          ''.join(json.dumps(r) + '\n' for r in kept))
+  return len(records) - len(kept)
+
+
 def read_metrics(workdir: str) -> list[dict]:
   """All records of <workdir>/metrics.jsonl (empty list when absent)."""
-  path = os.path.join(workdir, 'metrics.jsonl')
+  path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return []
   with open(path) as f:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Any, Callable
 
 from absl import logging
@@ -18,6 +19,7 @@ from jax.experimental import multihost_utils
 
 from transformer_jax import config_lib, sharding
 from transformer_jax.data import pipeline, registry
+from transformer_jax.training.metrics_writer import truncate_metrics
 from transformer_jax.training.train_step import (eval_step, init_train_state, make_optimizer,
                                                  train_step)
 from transformer_jax.workdir import WorkDir
@@ -42,6 +44,7 @@ class Run:
   train_step: Callable  # jitted (state, batch, dropout_key) -> (state, device metrics)
   eval_step: Callable   # jitted (params, batch) -> summed device metrics
   is_chief: bool
+  lock: Any = None      # WorkDirLock held by process 0 until train_loop ends
 
 
 def load_data(config, workdir: WorkDir):
@@ -49,6 +52,7 @@ def load_data(config, workdir: WorkDir):
   is_chief = jax.process_index() == 0
   if is_chief:  # one writer for config.json and the vocabulary; the others wait, then read
     workdir.write_or_check_config(config)
+    workdir.check_data_fingerprint(registry.fingerprint(config.data))
     splits = registry.load_splits(config.data)
   if jax.process_count() > 1:
     # TFDS prepares data_dir in place: two processes preparing one shared data_dir race to
@@ -63,15 +67,25 @@ def load_data(config, workdir: WorkDir):
 
 def build_run(config, workdir: str, *,
               make_train_iterator: Callable = pipeline.make_train_iterator) -> Run:
-  """Checks `config`, builds everything, and resumes from the newest checkpoint if any."""
+  """Checks `config`, locks `workdir`, builds everything, and resumes from its newest intact
+  checkpoint if any. Process 0 holds the work directory's lock until train_loop ends."""
   config_lib.validate(config)
-  workdir = WorkDir(workdir)
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_rows(config.batch_tokens // config.data.max_length, mesh)
   sharding.check_batch_rows(config.eval.batch_size, mesh)
+  workdir = WorkDir(workdir)
+  lock = workdir.lock().acquire() if jax.process_index() == 0 else None
+  try:
+    return _build(config, workdir, mesh, make_train_iterator, lock)
+  except BaseException:
+    if lock is not None:
+      lock.release()
+    raise
+
+
+def _build(config, workdir: WorkDir, mesh, make_train_iterator: Callable, lock) -> Run:
   splits, vocab = load_data(config, workdir)
   src, tgt = config.data.source_lang, config.data.target_lang
-
   model = config_lib.build_model(config, vocab.size)
   tx, schedule = make_optimizer(config.optimizer, d_model=config.model.d_model,
                                 total_steps=config.num_train_steps)
@@ -90,12 +104,7 @@ def build_run(config, workdir: str, *,
                                          max_length=config.data.max_length)
   checkpointer = workdir.checkpointer(keep=config.keep_checkpoints)
   meta = {'train_seconds': 0.0, 'best_bleu': None, **workdir.vocab_meta(vocab)}
-  if checkpointer.latest_step() is not None:
-    state, meta = checkpointer.restore(sharding.with_shardings(state, state_sh))
-    state = state.replace(step=jax.device_put(state.step, state_sh.step))
-    train_iter.set_state(meta['data_iterator'])
-    logging.info('Resumed from step %d in %s', meta['step'], checkpointer.directory)
-
+  state, meta = _resume(checkpointer, state, state_sh, train_iter, meta)
   step_fn = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule,
                                       label_smoothing=config.label_smoothing,
                                       ema_decay=config.ema_decay),
@@ -107,4 +116,22 @@ def build_run(config, workdir: str, *,
              graphdef=graphdef, state=state, state_shardings=state_sh, train_iter=train_iter,
              eval_data=eval_data, checkpointer=checkpointer, meta=meta,
              dropout_key=jax.random.key(config.seed), train_step=step_fn, eval_step=eval_fn,
-             is_chief=jax.process_index() == 0)
+             is_chief=jax.process_index() == 0, lock=lock)
+
+
+def _resume(checkpointer, state, state_sh, train_iter, meta):
+  """(state, meta) of the newest intact checkpoint, with the data iterator set to it;
+  unchanged when there is none. Damaged newer steps are moved aside first."""
+  step = checkpointer.newest_intact_step()
+  if step is None:
+    return state, meta
+  state, meta = checkpointer.restore(sharding.with_shardings(state, state_sh), step)
+  state = state.replace(step=jax.device_put(state.step, state_sh.step))
+  train_iter.set_state(meta['data_iterator'])
+  if jax.process_index() == 0:  # the steps logged after this checkpoint are trained again
+    dropped = truncate_metrics(os.path.dirname(checkpointer.directory), step)
+    if dropped:
+      logging.info('metrics.jsonl: dropped %d records after step %d (retrained now)', dropped,
+                   step)
+  logging.info('Resumed from step %d in %s', meta['step'], checkpointer.directory)
+  return state, meta
