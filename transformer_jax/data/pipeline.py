@@ -31,6 +31,7 @@ import grain
 import numpy as np
 
 from transformer_jax.data.vocab import Vocab
+from transformer_jax.errors import DataError
 
 SEQUENCE_KEYS = ('inputs', 'decoder_inputs', 'targets')
 # More bins than rows, so one long pair rarely closes a batch with half-empty rows:
@@ -97,6 +98,10 @@ def tokenized_pairs(source: Sequence[Mapping[str, str]], vocab: Vocab, *, source
           .map_with_index(_TokenizeWithPass(vocab, source_lang, target_lang, len(shard))))
 
 
+class NothingFitsError(DataError):
+  """A whole pass over the training shard had no pair within data.max_length."""
+
+
 @dataclasses.dataclass
 class LengthFilterStats:
   """Pairs dropped for length, per completed pass over this process's shard."""
@@ -114,7 +119,7 @@ class _DropLongPairsIterator(grain.DatasetIterator):
   def __init__(self, parent: grain.DatasetIterator, stats: LengthFilterStats):
     super().__init__(parent)
     self._length_stats = stats  # `_stats` is taken by grain.DatasetIterator.
-    self._pass_index, self._dropped = 0, 0
+    self._pass_index, self._dropped, self._kept = 0, 0, 0
 
   def _finish_pass(self) -> None:
     if self._pass_index in self._length_stats.dropped_per_pass:
@@ -123,6 +128,11 @@ class _DropLongPairsIterator(grain.DatasetIterator):
     log = logging.warning if self._dropped else logging.info
     log('Training pass %d: dropped %d pairs longer than max_length=%d tokens.',
         self._pass_index, self._dropped, self._length_stats.max_length)
+    if self._kept == 0 and self._dropped:  # every pair dropped: it would loop forever
+      raise NothingFitsError(
+          f'training pass {self._pass_index}: all {self._dropped} pairs of this shard are longer '
+          f'than data.max_length={self._length_stats.max_length} tokens (a side, with its '
+          'bos/eos), so there is nothing to train on: raise config key `data.max_length`')
 
   def __next__(self) -> dict[str, np.ndarray]:
     while True:
@@ -134,19 +144,21 @@ class _DropLongPairsIterator(grain.DatasetIterator):
       pass_index = int(example.pop('pass_index'))
       if pass_index != self._pass_index:
         self._finish_pass()
-        self._pass_index, self._dropped = pass_index, 0
+        self._pass_index, self._dropped, self._kept = pass_index, 0, 0
       if max(len(example[key]) for key in SEQUENCE_KEYS) > self._length_stats.max_length:
         self._dropped += 1
         continue
+      self._kept += 1
       return example
 
   def get_state(self) -> dict:
     return {'parent': self._parent.get_state(), 'pass_index': self._pass_index,
-            'dropped': self._dropped}
+            'dropped': self._dropped, 'kept': self._kept}
 
   def set_state(self, state: dict) -> None:
     self._parent.set_state(state['parent'])
     self._pass_index, self._dropped = state['pass_index'], state['dropped']
+    self._kept = state.get('kept', 1)  # states saved before 'kept' existed: a pass that yielded
 
 
 class _DropLongPairs(grain.IterDataset):

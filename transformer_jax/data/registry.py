@@ -30,12 +30,15 @@ class DatasetSpec:
     or a dataset's own test split names).
   language_pairs: the (source, target) directions it can train; None: any pair its files hold.
   prepared_dir(data_config): where its prepared data lives (a cache; safe to delete).
+  fingerprint(data_config) -> {file: digest}: identifies the raw data, so that a resumed run
+    notices other data (None: nothing to check).
   """
   name: str
   load_splits: Callable[..., dict[str, Source]]
   language_pairs: tuple[tuple[str, str], ...] | None
   prepared_dir: Callable[..., str]
   description: str = ''
+  fingerprint: Callable[..., dict[str, str]] | None = None
 
 
 _DATASETS: dict[str, DatasetSpec] = {}
@@ -73,3 +76,9 @@ def get_dataset(name: str) -> DatasetSpec:
 def load_splits(data_config, splits: Sequence[str] = (TRAIN, VALIDATION)) -> dict[str, Source]:
   """The splits of `data_config.dataset`, prepared on first use."""
   return get_dataset(data_config.dataset).load_splits(data_config, tuple(splits))
+
+
+def fingerprint(data_config) -> dict[str, str]:
+  """What identifies the raw data of `data_config.dataset` ({} when the dataset says nothing)."""
+  spec = get_dataset(data_config.dataset)
+  return {} if spec.fingerprint is None else spec.fingerprint(data_config)

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from transformer_jax.data.registry import DatasetSpec, register_dataset
+from transformer_jax.errors import DataError
 
 LANGUAGES = ('en', 'de')
 MANUAL_DIR_ENV = 'MULTI30K_DIR'
@@ -37,7 +38,7 @@ HOW_TO_PROVIDE = (
 )
 
 
-class Multi30kDataError(ValueError):
+class Multi30kDataError(DataError):
   """Raw Multi30k text that cannot be turned into sentence pairs."""
 
 
@@ -58,20 +59,53 @@ def resolve_manual_dir(manual_dir: str | os.PathLike | None) -> Path | None:
 
 
 
+# Files up to this size are hashed whole; larger ones by their size and three 1 MiB blocks.
+FULL_HASH_BYTES = 64 << 20
+_BLOCK = 1 << 20
+
+
+def file_digest(path: Path) -> str:
+  """'<size>:<sha256>' of the content (no mtime: a copy elsewhere has the same digest).
+
+  A file over FULL_HASH_BYTES is hashed by its first, middle and last MiB: a same-size edit
+  between those blocks of a huge corpus goes unnoticed.
+  """
+  size = path.stat().st_size
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    if size <= FULL_HASH_BYTES:
+      while chunk := f.read(_BLOCK):
+        digest.update(chunk)
+    else:
+      for offset in (0, size // 2, size - _BLOCK):
+        f.seek(offset)
+        digest.update(f.read(_BLOCK))
+  return f'{size}:{digest.hexdigest()}'
+
+
+def fingerprint(data_config) -> dict[str, str]:
+  """{raw file name: digest} of the split files the builder reads; the URL when downloading."""
+  raw_dir = resolve_manual_dir(data_config.manual_dir or None)
+  if raw_dir is None:
+    return {'download': DOWNLOAD_URL}
+  names = [f'{stem}.{lang}' for stem in SPLIT_FILE_STEMS.values() for lang in LANGUAGES]
+  return {name: file_digest(raw_dir / name) for name in names if (raw_dir / name).is_file()}
+
+
 def prepared_dir(data_config) -> str:
   """`data.data_dir`, else a directory under $TFDS_DATA_DIR (or ~/tensorflow_datasets).
 
-  The default is keyed by the raw files it is built from (names and sizes), so a
-  run on small fixture files never leaves a prepared dataset that a real run reuses.
+  The default is keyed by the raw files' content (`fingerprint`), so a run on fixture files
+  never leaves a prepared dataset that a real run reuses, and an edited file (even one of
+  the same size) is prepared anew, never mixed with the old records.
   """
   if data_config.data_dir:
     return data_config.data_dir
   base = os.environ.get('TFDS_DATA_DIR') or os.path.expanduser('~/tensorflow_datasets')
-  raw_dir = resolve_manual_dir(data_config.manual_dir or None)
-  if raw_dir is None:
+  key = repr(sorted(fingerprint(data_config).items()))
+  if resolve_manual_dir(data_config.manual_dir or None) is None:
     return os.path.join(base, 'multi30k_download')
-  listing = sorted((p.name, p.stat().st_size) for p in raw_dir.iterdir() if p.is_file())
-  return os.path.join(base, 'multi30k_' + hashlib.sha1(repr(listing).encode()).hexdigest()[:10])
+  return os.path.join(base, 'multi30k_' + hashlib.sha1(key.encode()).hexdigest()[:10])
 
 
 def load_splits(data_config, splits) -> dict:
@@ -84,4 +118,4 @@ def load_splits(data_config, splits) -> dict:
 
 DATASET = register_dataset(DatasetSpec(
     name='multi30k', load_splits=load_splits, language_pairs=(('en', 'de'), ('de', 'en')),
-    prepared_dir=prepared_dir, description=__doc__.splitlines()[0]))
+    prepared_dir=prepared_dir, fingerprint=fingerprint, description=__doc__.splitlines()[0]))

@@ -13,7 +13,9 @@ from the official gzipped files on GitHub.
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -24,23 +26,19 @@ from transformer_jax.data.datasets.multi30k import (  # noqa: F401 (re-exported)
     DOWNLOAD_URL, DOWNLOADED_SPLITS, HOW_TO_PROVIDE, LANGUAGES, MANUAL_DIR_ENV, REQUIRED_SPLITS,
     SPLIT_FILE_STEMS, Multi30kDataError,
     Multi30kFileNotFoundError, resolve_manual_dir)
+from transformer_jax.text_files import split_lines
 
 
 def read_lines(path: Path) -> list[str]:
-  """UTF-8 lines of `path` without their line terminators.
+  """UTF-8 lines of `path` (`text_files.split_lines`: split on '\n' only).
 
   Raises:
     Multi30kDataError: naming the file and the 1-based line of bad UTF-8.
   """
-  lines = []
-  for line_number, raw in enumerate(path.read_bytes().splitlines(), start=1):
-    try:
-      lines.append(raw.decode('utf-8'))
-    except UnicodeDecodeError as e:
-      raise Multi30kDataError(
-          f'{path}: line {line_number} is not valid UTF-8 ({e.reason} at byte '
-          f'{e.start}). Re-encode the file as UTF-8.') from e
-  return lines
+  try:
+    return split_lines(path.read_bytes(), str(path))
+  except ValueError as e:
+    raise Multi30kDataError(str(e)) from None
 
 
 def read_parallel_files(paths: Mapping[str, Path]) -> list[dict[str, str]]:
@@ -90,6 +88,8 @@ class Multi30k(tfds.core.GeneratorBasedBuilder):
   """Multi30k Task 1: 29,000 train and 1,014 validation en–de caption pairs."""
 
   VERSION = tfds.core.Version('1.0.0')
+  # Lets TFDS's own DownloadConfig(manual_dir=...) point at the raw files too.
+  MANUAL_DOWNLOAD_INSTRUCTIONS = HOW_TO_PROVIDE
   RELEASE_NOTES = {'1.0.0': 'Raw, true-cased text from multi30k/dataset task1/raw.'}
 
   def __init__(self, *, raw_dir: str | os.PathLike | None = None, **kwargs):
@@ -108,9 +108,12 @@ class Multi30k(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    if self._raw_dir is not None:
-      files = find_manual_split_files(self._raw_dir)
+    raw_dir = self._raw_dir or _manual_dir(dl_manager)
+    if raw_dir is not None:  # nothing is fetched: test splits without files are simply absent
+      files = find_manual_split_files(raw_dir)
+      logging.info('Multi30k splits found in %s: %s', raw_dir, sorted(files))
     else:
+      check_download_host_reachable()
       urls = {
           split: {lang: f'{DOWNLOAD_URL}{SPLIT_FILE_STEMS[split]}.{lang}.gz'
                   for lang in LANGUAGES}
@@ -124,6 +127,25 @@ class Multi30k(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, pairs: Sequence[dict[str, str]]):
     for index, pair in enumerate(pairs):
       yield index, pair
+
+
+def _manual_dir(dl_manager) -> Path | None:
+  """The manual dir given through TFDS's DownloadConfig, if any (TFDS raises when unset)."""
+  try:
+    return Path(dl_manager.manual_dir)
+  except (AssertionError, ValueError):
+    return None
+
+
+def check_download_host_reachable(timeout: float = 5.0) -> None:
+  """Fails in seconds, not after minutes of TFDS's retries, when the files cannot be fetched."""
+  host = urllib.parse.urlparse(DOWNLOAD_URL).hostname
+  try:
+    socket.create_connection((host, 443), timeout=timeout).close()
+  except OSError as e:
+    raise Multi30kFileNotFoundError(
+        f'No Multi30k files: neither config key `data.manual_dir` nor ${MANUAL_DIR_ENV} is set, '
+        f'and {host} cannot be reached to download them ({e}). {HOW_TO_PROVIDE}') from None
 
 
 class DecodedSource(Sequence):
