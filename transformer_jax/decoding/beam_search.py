@@ -88,6 +88,18 @@ def _extend_beams(carry, step_fn: StepFn, *, alpha: float, eos_id: int):
   return step + 1, live_tokens, live_logp, fin_tokens, fin_scores, state
 
 
+def _initial_carry(b: int, k: int, max_length: int, bos_id: int, state):
+  """(step, live tokens, live log-probs, finished tokens, finished scores, state) at step 0."""
+  # Column 0 holds bos; column t + 1 the token chosen at step t.
+  live_tokens_BWL = jnp.zeros((b, k, max_length + 1), jnp.int32).at[:, :, 0].set(bos_id)
+  # Only beam 0 is real at first: the other k - 1 copies would repeat its extensions.
+  live_logp_BW = jnp.full((b, k), NEG_INF).at[:, 0].set(0.0)
+  fin_tokens_BWL = jnp.zeros((b, k, max_length + 1), jnp.int32)
+  fin_scores_BW = jnp.full((b, k), NEG_INF)
+  return (jnp.asarray(0, jnp.int32), live_tokens_BWL, live_logp_BW, fin_tokens_BWL,
+          fin_scores_BW, state)
+
+
 def beam_search_from_step_fn(
     step_fn: StepFn,
     state: Any,
@@ -129,16 +141,8 @@ def beam_search_from_step_fn(
   """
   if alpha < 0:
     raise ValueError(f'alpha must be >= 0 for the early-stopping bound, got {alpha}')
-  b, k = batch_size, beam_size
   best_possible_lp = length_penalty(max_length, alpha)
-  # Column 0 holds bos; column t + 1 the token chosen at step t.
-  live_tokens_BWL = jnp.zeros((b, k, max_length + 1), jnp.int32).at[:, :, 0].set(bos_id)
-  # Only beam 0 is real at first: the other k - 1 copies would repeat its extensions.
-  live_logp_BW = jnp.full((b, k), NEG_INF).at[:, 0].set(0.0)
-  fin_tokens_BWL = jnp.zeros((b, k, max_length + 1), jnp.int32)
-  fin_scores_BW = jnp.full((b, k), NEG_INF)
-  init = (jnp.asarray(0, jnp.int32), live_tokens_BWL, live_logp_BW, fin_tokens_BWL,
-          fin_scores_BW, state)
+  init = _initial_carry(batch_size, beam_size, max_length, bos_id, state)
 
   def sentence_done(live_logp_BW, fin_scores_BW):
     worst_finished_B = fin_scores_BW.min(axis=1)  # -inf while a slot is empty
