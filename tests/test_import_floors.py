@@ -1,0 +1,71 @@
+"""The package's floors (docs/ARCHITECTURE.md): a module imports from its floor or below, never
+above, never a sibling flow; and the light entry points stay light."""
+import ast
+from pathlib import Path
+import subprocess
+import sys
+
+PACKAGE = Path(__file__).resolve().parents[1] / 'transformer_jax'
+
+# Each area of the package, its floor, and the areas it may import (besides its own).
+ALLOWED = {
+    'nn': {'errors'},
+    'data': {'errors', 'text_files'},
+    'text_files': set(),
+    'errors': set(),
+    'configs': set(),
+    'floor1': {'nn', 'data', 'errors', 'text_files'},
+    'decoding': {'floor1', 'nn', 'data', 'errors', 'text_files'},
+    'training': {'decoding', 'floor1', 'nn', 'data', 'errors', 'text_files'},
+    'cli': {'training', 'decoding', 'floor1', 'nn', 'data', 'errors', 'text_files', 'configs'},
+}
+FLOOR1 = {'config_lib', 'sharding', 'checkpointing', 'checkpoint_integrity',
+          'checkpoint_selection', 'workdir', 'workdir_lock', 'scoring'}
+
+
+def _area(module: str) -> str | None:
+  parts = module.split('.')
+  if parts[0] != 'transformer_jax' or len(parts) == 1:
+    return None
+  return 'floor1' if parts[1] in FLOOR1 else parts[1]
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+  found = []
+  for node in ast.walk(ast.parse(path.read_text(encoding='utf-8'))):
+    if isinstance(node, ast.Import):
+      found += [(node.lineno, alias.name) for alias in node.names]
+    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+      if node.module == 'transformer_jax':  # from transformer_jax import x: x is the module
+        found += [(node.lineno, f'transformer_jax.{alias.name}') for alias in node.names]
+      else:
+        found.append((node.lineno, node.module))
+  return found
+
+
+def test_every_import_goes_down_or_stays_on_its_floor():
+  violations = []
+  for path in sorted(PACKAGE.rglob('*.py')):
+    module = '.'.join(path.relative_to(PACKAGE.parent).with_suffix('').parts)
+    if module == 'transformer_jax.__init__':
+      continue  # the package root re-exports nn eagerly and the rest lazily (_LAZY)
+    area = _area(module.removesuffix('.__init__'))
+    assert area in ALLOWED, f'{module}: area {area!r} has no floor in this test'
+    for line, imported in _imports(path):
+      target = _area(imported)
+      if target is not None and target != area and target not in ALLOWED[area]:
+        violations.append(f'{path.relative_to(PACKAGE.parent)}:{line} imports {imported} '
+                          f'({target}), which {area} may not import')
+  assert not violations, '\n'.join(violations)
+
+
+def test_the_model_the_config_check_and_the_registry_load_no_data_or_checkpoint_library():
+  script = ('import sys, transformer_jax, transformer_jax.config_lib\n'
+            'from transformer_jax.data import registry\n'
+            "assert 'multi30k' in registry.dataset_names()\n"
+            "print(sorted(m for m in ('grain', 'tensorflow_datasets', 'orbax', 'tensorflow') "
+            'if m in sys.modules))')
+  result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                          timeout=120, cwd=PACKAGE.parent)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.strip() == '[]'
