@@ -26,18 +26,45 @@
 # K per-head width (D = H·K), B batch.
 
 # %%
+# transformer_jax as installed (a wheel, `pip install`), if it is; else installed from
+# $TRANSFORMER_JAX_SOURCE when set: anything pip accepts, such as a `git+https://` URL of the
+# repository or a wheel's path or URL (on Colab, a cell `%env TRANSFORMER_JAX_SOURCE=...` before
+# this one); else from the checkout this notebook sits in (notebooks/ beside pyproject.toml:
+# `pip install -e ..`). See notebooks/README.md.
+# Nothing heavy is imported before pip runs, so a fresh install needs no restart; pip keeps the
+# runtime's own (GPU/TPU) jax when it is recent enough, and installs a CPU one where there is none.
+import importlib
+import importlib.util
 import os
+import site
 import subprocess
 import sys
 
-REPO_URL = os.environ.get('TRANSFORMER_JAX_REPO_URL',
-                          'https://github.com/YOUR_ORG/transformer_jax.git')  # placeholder
-if os.path.exists('../pyproject.toml'):  # run from a checkout: use its library
-  sys.path.insert(0, os.path.abspath('..'))
-try:
-  import transformer_jax  # noqa: F401
-except ImportError:  # e.g. Colab
-  subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', f'git+{REPO_URL}'], check=True)
+if importlib.util.find_spec('transformer_jax') is None:
+  CHECKOUT = os.path.abspath('..')
+  IN_CHECKOUT = (os.path.isfile(os.path.join(CHECKOUT, 'pyproject.toml'))
+                 and os.path.isdir(os.path.join(CHECKOUT, 'transformer_jax')))
+  SOURCE = os.environ.get('TRANSFORMER_JAX_SOURCE', '').strip()
+  if not SOURCE and not IN_CHECKOUT:
+    raise RuntimeError(
+        'transformer_jax is not installed, and this notebook is not in a checkout of it (no '
+        '../pyproject.toml). Set the environment variable TRANSFORMER_JAX_SOURCE to what pip '
+        'should install it from (a git+https:// URL of the repository, or the path or URL of a '
+        'wheel), e.g. in a cell `%env TRANSFORMER_JAX_SOURCE=...`, then run this cell again.')
+  subprocess.run([sys.executable, '-m', 'pip', 'install', '-q',
+                  *([SOURCE] if SOURCE else ['-e', CHECKOUT])], check=True)
+  if not SOURCE:
+    sys.path.insert(0, CHECKOUT)  # an editable install's .pth is only read at start-up
+  importlib.invalidate_caches()
+  if importlib.util.find_spec('transformer_jax') is None and site.ENABLE_USER_SITE:
+    site.addsitedir(site.getusersitepackages())  # pip's --user fallback, new since start-up
+  if importlib.util.find_spec('transformer_jax') is None:
+    raise RuntimeError('transformer_jax was installed but this kernel cannot import it yet: '
+                       'restart the kernel (Colab: Runtime > Restart session), run this cell again')
+import transformer_jax  # noqa: E402
+
+print(f'transformer_jax {transformer_jax.__version__} from '
+      f'{os.path.dirname(transformer_jax.__file__)}')
 
 # %%
 import jax

@@ -21,31 +21,51 @@
 # Everything comes from `transformer_jax`; the notebook only calls it.
 #
 # Runs anywhere: on a GPU/TPU (e.g. Colab, *Runtime → Change runtime type*) it trains the
-# default model of `configs/multi30k.py` (4,500 steps); on a CPU a 1,200-step schedule (roughly
-# half an hour on two cores, going by the default config's 90 minutes for 4,500 steps).
+# default model of `transformer_jax.configs.multi30k` (4,500 steps); on a CPU a 1,200-step
+# schedule (roughly half an hour on two cores, going by the default config's 90 minutes for 4,500
+# steps).
 # Re-running resumes the run in its work directory.
 
 # %%
+# transformer_jax as installed (a wheel, `pip install`), if it is; else installed from
+# $TRANSFORMER_JAX_SOURCE when set: anything pip accepts, such as a `git+https://` URL of the
+# repository or a wheel's path or URL (on Colab, a cell `%env TRANSFORMER_JAX_SOURCE=...` before
+# this one); else from the checkout this notebook sits in (notebooks/ beside pyproject.toml:
+# `pip install -e ..`). See notebooks/README.md.
+# Nothing heavy is imported before pip runs, so a fresh install needs no restart; pip keeps the
+# runtime's own (GPU/TPU) jax when it is recent enough, and installs a CPU one where there is none.
+import importlib
 import importlib.util
 import os
+import site
 import subprocess
 import sys
 
-REPO_URL = os.environ.get('TRANSFORMER_JAX_REPO_URL',
-                          'https://github.com/YOUR_ORG/transformer_jax.git')  # placeholder
-# From a checkout (notebooks/ beside pyproject.toml) use it; elsewhere (Colab) clone one, since
-# configs/ lives in the repository, not in the installed package.
-REPO_ROOT = os.path.abspath('..' if os.path.exists('../pyproject.toml') else 'transformer_jax')
-if not os.path.exists(os.path.join(REPO_ROOT, 'pyproject.toml')):
-  subprocess.run(['git', 'clone', '--depth', '1', REPO_URL, REPO_ROOT], check=True)
-DEPENDENCIES = ('jax', 'flax', 'optax', 'orbax', 'grain', 'tensorflow_datasets', 'sentencepiece',
-                'sacrebleu', 'ml_collections', 'matplotlib')
-if any(importlib.util.find_spec(name) is None for name in DEPENDENCIES):
-  # Checked before anything is imported, so nothing needs a restart. pip keeps the runtime's
-  # own (GPU/TPU) jax when it is recent enough, and installs a CPU one where there is none.
-  subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '-e', REPO_ROOT], check=True)
+if importlib.util.find_spec('transformer_jax') is None:
+  CHECKOUT = os.path.abspath('..')
+  IN_CHECKOUT = (os.path.isfile(os.path.join(CHECKOUT, 'pyproject.toml'))
+                 and os.path.isdir(os.path.join(CHECKOUT, 'transformer_jax')))
+  SOURCE = os.environ.get('TRANSFORMER_JAX_SOURCE', '').strip()
+  if not SOURCE and not IN_CHECKOUT:
+    raise RuntimeError(
+        'transformer_jax is not installed, and this notebook is not in a checkout of it (no '
+        '../pyproject.toml). Set the environment variable TRANSFORMER_JAX_SOURCE to what pip '
+        'should install it from (a git+https:// URL of the repository, or the path or URL of a '
+        'wheel), e.g. in a cell `%env TRANSFORMER_JAX_SOURCE=...`, then run this cell again.')
+  subprocess.run([sys.executable, '-m', 'pip', 'install', '-q',
+                  *([SOURCE] if SOURCE else ['-e', CHECKOUT])], check=True)
+  if not SOURCE:
+    sys.path.insert(0, CHECKOUT)  # an editable install's .pth is only read at start-up
   importlib.invalidate_caches()
-sys.path.insert(0, REPO_ROOT)
+  if importlib.util.find_spec('transformer_jax') is None and site.ENABLE_USER_SITE:
+    site.addsitedir(site.getusersitepackages())  # pip's --user fallback, new since start-up
+  if importlib.util.find_spec('transformer_jax') is None:
+    raise RuntimeError('transformer_jax was installed but this kernel cannot import it yet: '
+                       'restart the kernel (Colab: Runtime > Restart session), run this cell again')
+import transformer_jax  # noqa: E402
+
+print(f'transformer_jax {transformer_jax.__version__} from '
+      f'{os.path.dirname(transformer_jax.__file__)}')
 
 # %%
 import tempfile
@@ -79,16 +99,19 @@ print(f'backend: {BACKEND}, devices: {jax.devices()}')
 # %% [markdown]
 # ## Configuration
 #
-# The default config (`configs/multi30k.py`: d_model 256, 3+3 layers, 4 heads, dropout 0.3,
-# joint 8k SentencePiece vocabulary, the paper's warm-up/rsqrt schedule with a linear cool-down)
-# on an accelerator; a shorter schedule on a CPU. The tests run this notebook with the tiny config
-# on a few hundred sentence pairs (`$MULTI30K_DIR` points at them) just to check that it runs.
+# The default config (`transformer_jax.configs.multi30k`: d_model 256, 3+3 layers, 4 heads,
+# dropout 0.3, joint 8k SentencePiece vocabulary, the paper's warm-up/rsqrt schedule with a linear
+# cool-down) on an accelerator; a shorter schedule on a CPU. The tests run this notebook with the
+# tiny config on a few hundred sentence pairs (`$MULTI30K_DIR` points at them) just to check that
+# it runs.
 # The raw data is read from `$MULTI30K_DIR` when set, else downloaded from GitHub.
 
 # %%
 WORKDIR = os.environ.get('TRANSFORMER_JAX_NOTEBOOK_WORKDIR') or (
     tempfile.mkdtemp(prefix='m30k_') if SMOKE
-    else os.path.join(REPO_ROOT, 'runs', f'notebook_m30k_{BACKEND}'))
+    # A checkout's runs/ (git-ignored) when run from one, else runs/ here.
+    else os.path.abspath(os.path.join('..' if os.path.isfile('../pyproject.toml') else '.',
+                                      'runs', f'notebook_m30k_{BACKEND}')))
 if SMOKE:
   config = tiny.get_config()
   config.num_train_steps = 30
