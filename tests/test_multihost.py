@@ -22,6 +22,7 @@ import jax
 import numpy as np
 import pytest
 
+from toy_corpus import toy_pairs, write_split
 from transformer_jax.checkpointing import Checkpointer
 from transformer_jax.training.metrics_writer import read_metrics
 from transformer_jax.decoding.translator import Translator
@@ -41,9 +42,6 @@ OVERRIDES = {
     'checkpoint_every_steps': 1000, 'optimizer.cooldown_steps': 1,
     'eval.batch_size': 4, 'eval.num_bleu_sentences': 4, 'eval.max_decode_length': 8,
 }
-# Word-aligned toy lexicon for when $MULTI30K_DIR is not set.
-EN = 'a dog cat man woman child runs jumps sits on the in red blue green park street ball'
-DE = 'ein Hund Katze Mann Frau Kind läuft springt sitzt auf dem im rot blau grün Park Straße Ball'
 
 REFERENCE = textwrap.dedent('''
     import json, os, shutil, sys, time
@@ -105,13 +103,8 @@ def _write_corpus(raw: Path, num_train: int = 300, num_val: int = 8) -> None:
         lines = Path(real, f'{stem}.{lang}').read_text(encoding='utf-8').splitlines()[:n]
         Path(raw, f'{stem}.{lang}').write_text('\n'.join(lines) + '\n', encoding='utf-8')
     return
-  rng = np.random.default_rng(0)
-  en, de = EN.split(), DE.split()
-  for stem, n in (('train', num_train), ('val', num_val)):
-    idx = [rng.integers(0, len(en), size=rng.integers(3, 9)) for _ in range(n)]
-    for lang, words in (('en', en), ('de', de)):
-      text = ''.join(' '.join(words[j] for j in row) + ' .\n' for row in idx)
-      Path(raw, f'{stem}.{lang}').write_text(text, encoding='utf-8')
+  for seed, (stem, n) in enumerate((('train', num_train), ('val', num_val))):
+    write_split(raw, stem, toy_pairs(n, seed, min_words=3, max_words=9))
 
 
 def _env(devices: int) -> dict:
