@@ -181,7 +181,8 @@ class Checkpointer:
       problem = self.problem(step)
       if problem is None:
         break
-      moved = None if self.read_only else self.integrity.quarantine(step)
+      # One process moves it (others see the same damage and skip it); read-only: skip only.
+      moved = None if self.read_only or jax.process_index() else self.integrity.quarantine(step)
       logging.warning('checkpoint %d in %s is damaged (%s); %s', step, self.directory, problem,
                       f'moved to {moved}' if moved else 'skipped')
       damaged.append(f'{step} ({problem})')
@@ -190,7 +191,7 @@ class Checkpointer:
         raise CheckpointError(f'no intact checkpoint in {self.directory}: {"; ".join(damaged)}. '
                               'Restore them or train into a new --workdir')
       return None
-    if damaged and not self.read_only:
+    if damaged and not self.read_only and jax.process_index() == 0:
       self.manager.reload()
     return step
 
