@@ -1,19 +1,29 @@
-"""Fixtures shared across test files, session-scoped so that each pytest-xdist worker builds
-each once for every file that asks: a toy corpus prepared as TFDS data, the persistent
-compilation cache, a straight tiny run (the training-loop tests) and a tiny run with two
-checkpoints (the fault tests)."""
+"""Fixtures shared across test files, session-scoped: a toy corpus prepared as TFDS data, the
+persistent compilation cache, a straight tiny run (the training-loop tests), a tiny run with two
+checkpoints (the fault tests), and the data tests' small corpus with its vocabulary.
+
+The two tiny runs and their corpora are built once per test session, not once per pytest-xdist
+worker: the first worker to ask builds them into the session's shared base directory (under a
+file lock) and the others wait for it, as test_sharding.py does with its measurements; the
+compilation cache is shared the same way. Tests that change a shared run copy it first
+(shutil.copytree to their tmp_path).
+"""
+import fcntl
+import json
 import os
 from pathlib import Path
+import shutil
 
 import jax
 from jax.experimental.compilation_cache import compilation_cache
 import pytest
 
 from run_helpers import train
-from toy_corpus import toy_pairs, write_split
+from toy_corpus import (real_multi30k_dir, toy_pairs, write_small_corpus, write_split,
+                        write_train_val)
 from transformer_jax.configs import tiny
-from transformer_jax.data.datasets.multi30k import MANUAL_DIR_ENV
-from transformer_jax.data.datasets.multi30k.builder import prepare_multi30k
+from transformer_jax.data import load_or_train_vocab
+from transformer_jax.data.datasets.multi30k.builder import load_multi30k, prepare_multi30k
 from transformer_jax.training import loop
 
 STEPS = 8  # checkpoints at 4 and 8
@@ -23,14 +33,46 @@ FAULT_OVERRIDES = {'num_train_steps': STEPS, 'log_every_steps': 1, 'checkpoint_e
              'keep_checkpoints': 10}
 
 
+def build_once(tmp_path_factory, name, build):
+  """`build(directory)`'s JSON result, built by one worker of the session and read by all.
+
+  Under pytest-xdist the workers share the parent of their base temporary directories: the
+  first to take `<name>.lock` there builds into `<name>/` and records the result; the others
+  wait on the lock, then read it. A build that raised is redone by the next worker to ask.
+  """
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    root = root.parent
+  with open(root / f'{name}.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    result = root / f'{name}.json'
+    if not result.exists():
+      directory = root / name
+      shutil.rmtree(directory, ignore_errors=True)  # what a failed build left
+      directory.mkdir()
+      result.write_text(json.dumps(build(directory), default=float))
+    return json.loads(result.read_text())
+
+
+def _prepare(directory, write):
+  raw, prepared = directory / 'raw', directory / 'tfds'
+  raw.mkdir()
+  write(raw)
+  prepare_multi30k(prepared, raw)
+  return {'raw': str(raw), 'data': str(prepared)}
+
+
+def _paths(corpus):
+  return {key: Path(value) for key, value in corpus.items()}
+
+
 @pytest.fixture(scope='session')
 def data(tmp_path_factory):
-  raw = tmp_path_factory.mktemp('raw')
-  write_split(raw, 'train', toy_pairs(200, 0, min_words=3, max_words=8))
-  write_split(raw, 'val', toy_pairs(16, 1, min_words=3, max_words=8))
-  prepared = tmp_path_factory.mktemp('tfds')
-  prepare_multi30k(prepared, raw)
-  return {'raw': raw, 'data': prepared}
+  """The fault tests' corpus: {'raw': 200 train, 16 val toy pairs, 'data': prepared TFDS}."""
+  def write(raw):
+    write_split(raw, 'train', toy_pairs(200, 0, min_words=3, max_words=8))
+    write_split(raw, 'val', toy_pairs(16, 1, min_words=3, max_words=8))
+  return _paths(build_once(tmp_path_factory, 'fault_corpus', lambda d: _prepare(d, write)))
 
 
 def make_fault_config(data, **overrides):
@@ -45,46 +87,35 @@ def make_fault_config(data, **overrides):
 
 @pytest.fixture(scope='session')
 def trained(data, tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('trained') / 'run'
-  loop.train_and_evaluate(make_fault_config(data), str(workdir))
-  return workdir
-
+  """The fault tests' run: STEPS steps, checkpoints at 4 and 8. Returns its workdir."""
+  def build(directory):
+    loop.train_and_evaluate(make_fault_config(data), str(directory / 'run'))
+    return str(directory / 'run')
+  return Path(build_once(tmp_path_factory, 'fault_run', build))
 
 
 # --- the training-loop tests: one corpus, one compilation cache, one straight run ----------
 
 
-def _real_pairs(stem, count, max_words=9):
-  """The first `count` short pairs of the real split (short: they fit max_length=32)."""
-  directory = Path(os.environ[MANUAL_DIR_ENV])
-  en = (directory / f'{stem}.en').read_text(encoding='utf-8').splitlines()
-  de = (directory / f'{stem}.de').read_text(encoding='utf-8').splitlines()
-  short = [(e, d) for e, d in zip(en, de)
-           if len(e.split()) <= max_words and len(d.split()) <= max_words]
-  return short[:count]
-
-
 @pytest.fixture(scope='session')
 def corpus(tmp_path_factory):
-  """{'raw': manual dir with train/val files, 'data': prepared TFDS dir}, made once."""
-  raw = tmp_path_factory.mktemp('raw')
-  real = os.environ.get(MANUAL_DIR_ENV)
-  if real and Path(real, 'train.en').is_file():
-    splits = {'train': _real_pairs('train', 300), 'val': _real_pairs('val', 40)}
-  else:
-    splits = {'train': toy_pairs(300, 0, min_words=3, max_words=9),
-              'val': toy_pairs(40, 1, min_words=3, max_words=9)}
-  for stem, pairs in splits.items():
-    write_split(raw, stem, pairs)
-  data = tmp_path_factory.mktemp('tfds')
-  prepare_multi30k(data, raw)
-  return {'raw': raw, 'data': data}
+  """{'raw': manual dir with 300 train and 40 val pairs, 'data': prepared TFDS dir}, made once.
+
+  The pairs are the first real ones that fit max_length=32 (at most 9 words a side) when
+  $MULTI30K_DIR is set, else toy pairs.
+  """
+  write = lambda raw: write_train_val(raw, 300, 40, real_max_words=9)
+  return _paths(build_once(tmp_path_factory, 'corpus', lambda d: _prepare(d, write)))
 
 
 @pytest.fixture(scope='session')
 def compile_cache(tmp_path_factory):
-  """Turns on JAX's persistent compilation cache for this module; returns its directory."""
-  path = str(tmp_path_factory.mktemp('jax_compilation_cache'))
+  """Turns on JAX's persistent compilation cache from the first test that asks until the
+  session ends (on this worker); returns its directory."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    root = root.parent  # shared by the workers: each loads what the other compiled
+  path = str(root / 'jax_compilation_cache')
   names = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs',
            'jax_persistent_cache_min_entry_size_bytes')
   before = {name: getattr(jax.config, name) for name in names}
@@ -100,8 +131,10 @@ def compile_cache(tmp_path_factory):
 @pytest.fixture(scope='session')
 def straight_run(corpus, compile_cache, tmp_path_factory):
   """2N steps in one go: the reference for the resume tests. Returns (workdir, summary)."""
-  workdir = tmp_path_factory.mktemp('straight') / 'run'
-  return workdir, train(corpus, workdir)
+  def build(directory):
+    return {'workdir': str(directory / 'run'), 'summary': train(corpus, directory / 'run')}
+  run = build_once(tmp_path_factory, 'straight_run', build)
+  return Path(run['workdir']), run['summary']
 
 
 @pytest.fixture
@@ -111,3 +144,35 @@ def processes():
   yield started
   for p in started:
     p.kill()
+
+
+# --- the data tests: a small numbered toy corpus, its vocabulary, the real data ---------------
+
+
+@pytest.fixture(scope='session')
+def toy(tmp_path_factory):
+  """(raw_dir, pairs, data_dir) with the toy corpus prepared once per session."""
+  raw_dir = tmp_path_factory.mktemp('raw')
+  pairs = write_small_corpus(raw_dir)
+  data_dir = tmp_path_factory.mktemp('tfds')
+  prepare_multi30k(data_dir, raw_dir)
+  return raw_dir, pairs, data_dir
+
+
+@pytest.fixture(scope='session')
+def toy_train(toy):
+  return load_multi30k('train', toy[2])
+
+
+@pytest.fixture(scope='session')
+def toy_vocab(toy_train, tmp_path_factory):
+  return load_or_train_vocab(toy_train, tmp_path_factory.mktemp('vocab'), vocab_size=120,
+                             languages=('en', 'de'))
+
+
+@pytest.fixture(scope='session')
+def real_data_dir(tmp_path_factory):
+  """$MULTI30K_DIR prepared as TFDS data (for tests marked to need the real files)."""
+  data_dir = tmp_path_factory.mktemp('multi30k_tfds')
+  prepare_multi30k(data_dir, real_multi30k_dir())
+  return data_dir

@@ -48,8 +48,11 @@ def test_every_import_goes_down_or_stays_on_its_floor():
   for path in sorted(PACKAGE.rglob('*.py')):
     module = '.'.join(path.relative_to(PACKAGE.parent).with_suffix('').parts)
     if module == 'transformer_jax.__init__':
-      continue  # the package root re-exports nn eagerly and the rest lazily (_LAZY)
-    area = _area(module.removesuffix('.__init__'))
+      # The package root imports nn eagerly, so it stands on nn's floor; the rest it re-exports
+      # through importlib and its _LAZY dict, which are not import statements: exempt.
+      area = 'nn'
+    else:
+      area = _area(module.removesuffix('.__init__'))
     assert area in ALLOWED, f'{module}: area {area!r} has no floor in this test'
     for line, imported in _imports(path):
       target = _area(imported)

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 import pytest
 
-from toy_corpus import toy_pairs, write_split
+from toy_corpus import write_train_val
 from transformer_jax.checkpointing import Checkpointer
 from transformer_jax.training.metrics_writer import read_metrics
 from transformer_jax.decoding.translator import Translator
@@ -93,20 +93,6 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _write_corpus(raw: Path, num_train: int = 300, num_val: int = 8) -> None:
-  """Copies the first pairs of $MULTI30K_DIR, else writes toy pairs."""
-  raw.mkdir()
-  real = os.environ.get('MULTI30K_DIR')
-  if real and Path(real, 'train.en').is_file():
-    for stem, n in (('train', num_train), ('val', num_val)):
-      for lang in ('en', 'de'):
-        lines = Path(real, f'{stem}.{lang}').read_text(encoding='utf-8').splitlines()[:n]
-        Path(raw, f'{stem}.{lang}').write_text('\n'.join(lines) + '\n', encoding='utf-8')
-    return
-  for seed, (stem, n) in enumerate((('train', num_train), ('val', num_val))):
-    write_split(raw, stem, toy_pairs(n, seed, min_words=3, max_words=9))
-
-
 def _env(devices: int) -> dict:
   env = {k: v for k, v in os.environ.items() if k != 'MULTI30K_DIR'}
   # LLVM -O0 halves XLA:CPU compile time; the numbers compared are the same programs'.
@@ -146,7 +132,7 @@ def _params(workdir: Path):
 @pytest.mark.slow
 def test_two_processes_train_like_one_fed_the_same_global_batches(tmp_path):
   raw, data_dir = tmp_path / 'raw', tmp_path / 'tfds'
-  _write_corpus(raw)
+  write_train_val(raw, 300, 8)  # the first real pairs if $MULTI30K_DIR is set, else toy
   two, one = tmp_path / 'two_processes', tmp_path / 'one_process'
   one.mkdir()
   flags = [f'--config.{k}={v}' for k, v in OVERRIDES.items()]

@@ -14,13 +14,14 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 jupytext = pytest.importorskip('jupytext')
 nbclient = pytest.importorskip('nbclient')
 nbformat = pytest.importorskip('nbformat')
 pytest.importorskip('ipykernel')
+
+from toy_corpus import write_train_val  # noqa: E402
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / 'notebooks'
 SOURCES = sorted(NOTEBOOKS.glob('[0-9][0-9]_*.py'))
@@ -64,41 +65,6 @@ def _stdout(cell) -> str:
   return ''.join(o.get('text', '') for o in cell.get('outputs', []) if o.output_type == 'stream')
 
 
-def _synthetic_pairs(count: int, seed: int):
-  """Word-aligned toy sentence pairs (line i of .de translates line i of .en word for word)."""
-  en = 'a dog cat man woman child runs jumps sits on the in red blue green park street ball'
-  de = ('ein Hund Katze Mann Frau Kind läuft springt sitzt auf dem im rot blau grün Park '
-        'Straße Ball')
-  en_words, de_words = en.split(), de.split()
-  rng = np.random.default_rng(seed)
-  pairs = []
-  for _ in range(count):
-    idx = rng.integers(0, len(en_words), size=rng.integers(3, 9))
-    pairs.append((' '.join(en_words[j] for j in idx) + ' .',
-                  ' '.join(de_words[j] for j in idx) + ' .'))
-  return pairs
-
-
-def _write_fixture(directory: Path, num_train: int = 300, num_val: int = 40) -> Path:
-  """train/val .en/.de files: the first lines of $MULTI30K_DIR's files if set, else synthetic."""
-  directory.mkdir()
-  real = os.environ.get('MULTI30K_DIR')
-  names = [f'{stem}.{lang}' for stem in ('train', 'val') for lang in ('en', 'de')]
-  if real and all(Path(real, n).is_file() for n in names):
-    for name in names:
-      count = num_train if name.startswith('train') else num_val
-      with open(Path(real, name), encoding='utf-8') as f:
-        lines = [next(f) for _ in range(count)]
-      (directory / name).write_text(''.join(lines), encoding='utf-8')
-  else:
-    for stem, pairs in (('train', _synthetic_pairs(num_train, 0)),
-                        ('val', _synthetic_pairs(num_val, 1))):
-      for k, lang in enumerate(('en', 'de')):
-        (directory / f'{stem}.{lang}').write_text(''.join(p[k] + '\n' for p in pairs),
-                                                  encoding='utf-8')
-  return directory
-
-
 @pytest.mark.slow
 def test_self_attention_notebook_runs_and_matches_the_module(kernel):
   nb, _ = _execute('01_self_attention', kernel)
@@ -114,7 +80,8 @@ def test_self_attention_notebook_runs_and_matches_the_module(kernel):
 def test_translate_notebook_trains_translates_and_saves_figures(kernel, tmp_path, monkeypatch):
   figures = tmp_path / 'figures'
   monkeypatch.setenv('TRANSFORMER_JAX_NOTEBOOK_SMOKE', '1')
-  monkeypatch.setenv('MULTI30K_DIR', str(_write_fixture(tmp_path / 'multi30k')))
+  # 300 train, 40 val pairs: the first of $MULTI30K_DIR's files if set, else toy pairs.
+  monkeypatch.setenv('MULTI30K_DIR', str(write_train_val(tmp_path / 'multi30k', 300, 40)))
   monkeypatch.setenv('TRANSFORMER_JAX_FIGURE_DIR', str(figures))
   monkeypatch.setenv('TRANSFORMER_JAX_NOTEBOOK_WORKDIR', str(tmp_path / 'run'))
   monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path / 'tfds'))  # never touch ~/tensorflow_datasets
