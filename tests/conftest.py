@@ -137,6 +137,19 @@ def straight_run(corpus, compile_cache, tmp_path_factory):
   return Path(run['workdir']), run['summary']
 
 
+@pytest.fixture(scope='session')
+def untrained_run(corpus, compile_cache, tmp_path_factory):
+  """A complete work directory whose weights are still their random initialisation (2 steps
+  at a learning rate of ~0). The serving tests translate with it: its translations differ from
+  sentence to sentence and by beam size, where the tiny trained model answers almost every
+  sentence with the same few tokens, which would make "equals the Translator" hard to fail."""
+  def build(directory):
+    train(corpus, directory / 'run', num_train_steps=2, checkpoint_every_steps=2,
+          optimizer__learning_rate_scale=1e-9)
+    return str(directory / 'run')
+  return Path(build_once(tmp_path_factory, 'untrained_run', build))
+
+
 @pytest.fixture
 def processes():
   """Collects TrainProcesses; SIGKILLs whatever still runs when the test ends."""

@@ -17,7 +17,8 @@ ALLOWED = {
     'floor1': {'nn', 'data', 'errors', 'text_files'},
     'decoding': {'floor1', 'nn', 'data', 'errors', 'text_files'},
     'training': {'decoding', 'floor1', 'nn', 'data', 'errors', 'text_files'},
-    'cli': {'training', 'decoding', 'floor1', 'nn', 'data', 'errors', 'text_files', 'configs'},
+    'serving': {'decoding', 'floor1', 'nn', 'data', 'errors', 'text_files'},
+    'cli': {'serving', 'training', 'decoding', 'floor1', 'nn', 'data', 'errors', 'text_files', 'configs'},
 }
 FLOOR1 = {'config_lib', 'sharding', 'checkpointing', 'checkpoint_integrity',
           'checkpoint_selection', 'workdir', 'workdir_lock', 'scoring'}
@@ -62,11 +63,12 @@ def test_every_import_goes_down_or_stays_on_its_floor():
   assert not violations, '\n'.join(violations)
 
 
-def test_the_model_the_config_check_and_the_registry_load_no_data_or_checkpoint_library():
+def test_the_model_the_config_check_and_the_registry_load_no_data_checkpoint_or_serving_library():
   script = ('import sys, transformer_jax, transformer_jax.config_lib\n'
             'from transformer_jax.data import registry\n'
             "assert 'multi30k' in registry.dataset_names()\n"
-            "print(sorted(m for m in ('grain', 'tensorflow_datasets', 'orbax', 'tensorflow') "
+            "print(sorted(m for m in ('grain', 'tensorflow_datasets', 'orbax', 'tensorflow', "
+            "'fastapi', 'uvicorn', 'starlette', 'transformers', 'torch', 'ctranslate2') "
             'if m in sys.modules))')
   result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
                           timeout=120, cwd=PACKAGE.parent)

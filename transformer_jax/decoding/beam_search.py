@@ -139,7 +139,8 @@ def beam_search_from_step_fn(
     max_length, the best live one, scored with lp(max_length)), its score, and
     the number of steps run. Tokens exclude bos and are 0 after eos.
   """
-  if alpha < 0:
+  # α may be a traced scalar (a server compiles one search for every α); then the caller checks.
+  if isinstance(alpha, (int, float)) and alpha < 0:
     raise ValueError(f'alpha must be >= 0 for the early-stopping bound, got {alpha}')
   best_possible_lp = length_penalty(max_length, alpha)
   init = _initial_carry(batch_size, beam_size, max_length, bos_id, state)
@@ -162,7 +163,24 @@ def beam_search_from_step_fn(
   any_finished_B = fin_scores[:, 0] > NEG_INF
   tokens_BL = jnp.where(any_finished_B[:, None], fin_tokens[:, 0, 1:], live_tokens[:, 0, 1:])
   scores_B = jnp.where(any_finished_B, fin_scores[:, 0], live_logp[:, 0] / best_possible_lp)
-  return DecodeResult(tokens_BL, scores_B, lengths_from_tokens(tokens_BL, eos_id), step)
+  nbest_tokens_BWL, nbest_scores_BW = _ranked_hypotheses(
+      fin_tokens[:, :, 1:], fin_scores, live_tokens[:, :, 1:], live_logp / best_possible_lp)
+  return DecodeResult(tokens_BL, scores_B, lengths_from_tokens(tokens_BL, eos_id), step,
+                      nbest_tokens_BWL, nbest_scores_BW)
+
+
+def _ranked_hypotheses(fin_tokens_BWL, fin_scores_BW, live_tokens_BWL, live_scores_BW):
+  """The k best hypotheses per sentence: finished ones first (by score), then live ones.
+
+  The same rule as the single best (a finished hypothesis beats any live one), so slot 0
+  is always tokens_BL / scores_B. Both inputs are sorted already (top_k keeps them so);
+  a stable sort on "unused" moves the empty (-inf) finished slots behind the live ones.
+  """
+  k = fin_scores_BW.shape[1]
+  scores_BC = jnp.concatenate([fin_scores_BW, live_scores_BW], axis=1)
+  tokens_BCL = jnp.concatenate([fin_tokens_BWL, live_tokens_BWL], axis=1)
+  order_BC = jnp.argsort(scores_BC == NEG_INF, axis=1, stable=True)[:, :k]
+  return _take_beams(tokens_BCL, order_BC), jnp.take_along_axis(scores_BC, order_BC, axis=1)
 
 
 @register_method('beam_search')

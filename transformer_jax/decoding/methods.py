@@ -22,6 +22,11 @@ class DecodeResult(NamedTuple):
   scores_B: jax.Array   # float32: log P(Y | X), divided by the length penalty where one applies
   lengths_B: jax.Array  # int32: tokens up to and including eos (L when there is none)
   num_steps: jax.Array  # int32 scalar: decoder steps run (< L when every sentence ended early)
+  # Beam search only (None elsewhere): its k hypotheses per sentence, best first; row 0 is
+  # tokens_BL / scores_B. Finished ones come first, then live ones scored with lp(L);
+  # an unused slot has score -inf.
+  nbest_tokens_BWL: jax.Array | None = None
+  nbest_scores_BW: jax.Array | None = None
 
 
 DecodeFn = Callable[..., DecodeResult]

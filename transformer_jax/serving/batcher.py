@@ -1,0 +1,190 @@
+"""Dynamic batching: sentences of concurrent requests decoded together, answered one by one.
+
+Every sentence of every request becomes an `Item` with its own future. One worker task takes
+the oldest waiting item, waits at most `max_wait_ms` for company (only while it is idle: while
+a batch decodes, the next one fills up by itself), and decodes together every waiting item
+with the same (beam size, α, source bucket), up to the engine's largest batch for that bucket.
+The decode runs on one worker thread, so the event loop keeps accepting and answering.
+
+Back-pressure: at most `max_queue` sentences wait; beyond that `submit` raises `QueueFull`
+(the server answers 429 with Retry-After). A request that is not answered within its budget
+raises `DeadlineExceeded` (504); its items still waiting are dropped, not decoded.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import dataclasses
+import time
+from typing import Callable
+
+from transformer_jax.serving.engine import Engine, Translation
+
+
+class QueueFull(Exception):
+  """More sentences are waiting than the server holds (`max_queue`)."""
+
+
+class DeadlineExceeded(Exception):
+  """The request was not answered within its time budget."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BatcherSettings:
+  max_wait_ms: float = 5.0     # how long an idle worker waits for more sentences
+  max_queue: int = 1024        # sentences waiting, all requests together
+  timeout_s: float = 30.0      # a request's budget, from arrival to answer
+  batching: bool = True        # False: every request is decoded alone (the benchmark's baseline)
+
+  def check(self) -> None:
+    if not self.max_wait_ms >= 0:
+      raise ValueError(f'max_wait_ms must be >= 0, got {self.max_wait_ms}')
+    if self.max_queue < 1:
+      raise ValueError(f'max_queue must be >= 1, got {self.max_queue}')
+    if not self.timeout_s > 0:
+      raise ValueError(f'timeout_s must be > 0, got {self.timeout_s}')
+
+
+@dataclasses.dataclass
+class Item:
+  ids: list[int]
+  key: tuple  # (beam size, alpha, source bucket): items that may share a batch
+  request: int
+  future: asyncio.Future
+  enqueued: float
+  started: float | None = None
+  decode_s: float = 0.0
+
+
+@dataclasses.dataclass
+class RequestTiming:
+  queue_ms: float   # the longest any of the request's sentences waited for its batch
+  decode_ms: float  # the longest decode of a batch that held one of them
+
+
+class Batcher:
+  """Owns the worker task and thread; `start()` inside the server's event loop."""
+
+  def __init__(self, engine: Engine, settings: BatcherSettings = BatcherSettings(),
+               on_batch: Callable[[int, int], None] | None = None):
+    settings.check()
+    self.engine = engine
+    self.settings = settings
+    self.on_batch = on_batch  # called with (sentences, rows) of every decoded batch
+    self._waiting: collections.deque[Item] = collections.deque()
+    self._wakeup: asyncio.Event | None = None
+    self._worker: asyncio.Task | None = None
+    self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='decode')
+    self._next_request = 0
+
+  # -- lifecycle -----------------------------------------------------------
+  def start(self) -> None:
+    self._wakeup = asyncio.Event()
+    self._worker = asyncio.get_running_loop().create_task(self._run(), name='batcher')
+
+  async def stop(self) -> None:
+    """Ends the worker after the batch it is decoding; waiting sentences fail."""
+    if self._worker is not None:
+      self._worker.cancel()
+      try:
+        await self._worker
+      except asyncio.CancelledError:
+        pass
+    while self._waiting:
+      item = self._waiting.popleft()
+      if not item.future.done():
+        item.future.set_exception(RuntimeError('the server is shutting down'))
+    self._executor.shutdown(wait=True)
+
+  @property
+  def queued(self) -> int:
+    return len(self._waiting)
+
+  async def run_in_worker(self, fn, *args):
+    """Runs fn on the decoding thread (so it never runs beside a batch)."""
+    return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+  # -- requests ------------------------------------------------------------
+  async def translate(self, sources: list[list[int]], beam_size: int,
+                      alpha: float) -> tuple[list[Translation | None], RequestTiming]:
+    """Translations of non-empty `sources` (None for an empty one), in order."""
+    live = [ids for ids in sources if ids]
+    if len(self._waiting) + len(live) > self.settings.max_queue:
+      raise QueueFull(f'{len(self._waiting)} sentences are waiting (the limit is '
+                      f'{self.settings.max_queue}); retry shortly')
+    loop = asyncio.get_running_loop()
+    self._next_request += 1
+    now = time.perf_counter()
+    items = []
+    for ids in live:
+      key = (beam_size, float(alpha), self.engine.source_bucket(len(ids)))
+      if not self.settings.batching:
+        key += (self._next_request,)  # a key of its own: the request is decoded alone
+      items.append(Item(ids, key, self._next_request, loop.create_future(), now))
+    self._waiting.extend(items)
+    self._wakeup.set()
+    try:
+      results = await asyncio.wait_for(asyncio.gather(*(i.future for i in items)),
+                                       self.settings.timeout_s)
+    except asyncio.TimeoutError:
+      request = items[0].request if items else None
+      self._waiting = collections.deque(i for i in self._waiting if i.request != request)
+      raise DeadlineExceeded(f'not answered within {self.settings.timeout_s:g}s') from None
+    answers = iter(results)
+    timing = RequestTiming(
+        queue_ms=max(((i.started - i.enqueued) * 1e3 for i in items), default=0.0),
+        decode_ms=max((i.decode_s * 1e3 for i in items), default=0.0))
+    return [next(answers) if ids else None for ids in sources], timing
+
+  # -- the worker ----------------------------------------------------------
+  def _take_batch(self) -> list[Item]:
+    """The oldest waiting item and every waiting item that may join it, in arrival order."""
+    key = self._waiting[0].key
+    limit = self.engine.max_rows(key[2])
+    batch = [i for i in self._waiting if i.key == key][:limit]
+    chosen = set(map(id, batch))
+    self._waiting = collections.deque(i for i in self._waiting if id(i) not in chosen)
+    return batch
+
+  def _full_batch_waiting(self) -> bool:
+    key = self._waiting[0].key
+    return sum(i.key == key for i in self._waiting) >= self.engine.max_rows(key[2])
+
+  async def _run(self) -> None:
+    while True:
+      while not self._waiting:
+        self._wakeup.clear()
+        await self._wakeup.wait()
+      if self.settings.batching and self.settings.max_wait_ms > 0:
+        deadline = self._waiting[0].enqueued + self.settings.max_wait_ms / 1e3
+        while not self._full_batch_waiting() and time.perf_counter() < deadline:
+          self._wakeup.clear()
+          try:
+            await asyncio.wait_for(self._wakeup.wait(), deadline - time.perf_counter())
+          except asyncio.TimeoutError:
+            break
+          if not self._waiting:
+            break
+        if not self._waiting:
+          continue
+      batch = self._take_batch()
+      started = time.perf_counter()
+      for item in batch:
+        item.started = started
+      beam_size, alpha = batch[0].key[:2]
+      try:
+        translations = await self.run_in_worker(
+            self.engine.translate_batch, [i.ids for i in batch], beam_size, alpha)
+      except Exception as e:  # a failed batch fails its requests, not the server
+        for item in batch:
+          if not item.future.done():
+            item.future.set_exception(e)
+        continue
+      decode_s = time.perf_counter() - started
+      if self.on_batch is not None:
+        self.on_batch(len(batch), self.engine.rows_bucket(len(batch)))
+      for item, translation in zip(batch, translations):
+        item.decode_s = decode_s
+        if not item.future.done():  # its request may have timed out meanwhile
+          item.future.set_result(translation)
