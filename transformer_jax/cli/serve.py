@@ -86,14 +86,18 @@ def main(argv):
   from transformer_jax.serving.batcher import BatcherSettings
   from transformer_jax.serving.engine import Engine, EngineSettings
   quiet_libraries()
-  logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                      format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+  handler = logging.StreamHandler(sys.stderr)
+  handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
+  server_log = logging.getLogger('transformer_jax.serving')
+  server_log.addHandler(handler)
+  server_log.setLevel(logging.INFO)
+  server_log.propagate = False  # absl's root handler would print it a second time
   batch_rows = _int_list('batch_rows', FLAGS.batch_rows)
   sock = _listen(FLAGS.host, FLAGS.port)
   if FLAGS.compile_cache:
     os.makedirs(FLAGS.compile_cache, exist_ok=True)
     jax.config.update('jax_compilation_cache_dir', FLAGS.compile_cache)
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
   translator = load_translator(FLAGS.workdir, FLAGS.checkpoint, FLAGS.ema)
   default_beam, _ = translator.decoding_settings()
   beam_sizes = (_int_list('beam_sizes', FLAGS.beam_sizes) if FLAGS.beam_sizes
@@ -111,9 +115,30 @@ def main(argv):
   print(f'serving {FLAGS.workdir} ({translator.checkpoint_description}) on http://{host}:{port}/'
         f' — compiling {len(engine.shapes())} shapes first (GET /readyz)', file=sys.stderr,
         flush=True)
+  server_class = _graceful_server_class()
   config = uvicorn.Config(create_app(engine, settings), log_level='info', access_log=False,
                           timeout_graceful_shutdown=max(FLAGS.timeout_s, 1) + 5)
-  uvicorn.Server(config).run(sockets=[sock])
+  server_class(config).run(sockets=[sock])
+
+
+def _graceful_server_class():
+  import uvicorn
+
+  class GracefulServer(uvicorn.Server):
+    """uvicorn's server, except that a stop asked for by SIGTERM/SIGINT exits 0.
+
+    uvicorn shuts down gracefully on the signal (stops accepting, answers what is in flight,
+    runs the app's shutdown), then re-raises it so that the process dies by it (status -15).
+    A supervisor that asked for the stop should see success: forget the signal once handled.
+    """
+
+    def handle_exit(self, sig, frame):
+      super().handle_exit(sig, frame)
+      captured = getattr(self, '_captured_signals', None)
+      if captured:
+        captured.clear()
+
+  return GracefulServer
 
 
 def run() -> None:
