@@ -281,3 +281,62 @@ def _check_two_stage(batch, beams, vocab, n_cand):
   np.testing.assert_array_equal(logp, expected_logp)
   np.testing.assert_array_equal(parent, flat // vocab)
   np.testing.assert_array_equal(token, flat % vocab)
+
+
+# -- the n-best list and a traced α (what the server relies on) ----------------
+
+def test_nbest_is_every_finished_hypothesis_ranked_when_the_search_is_exhaustive():
+  """The exhaustive search above: its 80-slot n-best starts with all 21 finished sequences
+  in the order of the brute-force scores, the best being tokens_BL / scores_B."""
+  vocab, max_length, alpha = 5, 3, 0.8
+  inputs_BS = jnp.array([[A, B, B, EOS]], jnp.int32)
+  graphdef, state = nnx.split(_model(vocab))
+  result = decoder_lib.make_decoder(graphdef, beam_size=80, max_length=max_length,
+                                    alpha=alpha)(state, inputs_BS)
+  words = [t for t in range(vocab) if t != EOS]
+  hyps = [list(w) + [EOS] for n in range(max_length) for w in itertools.product(words, repeat=n)]
+  dec_in_HT = jnp.array([[BOS] + (h[:-1] + [A] * max_length)[:max_length - 1] for h in hyps])
+  lp_HTV = _full_pass_log_probs(vocab)(jnp.repeat(inputs_BS, len(hyps), 0), dec_in_HT)
+  brute = [sum(float(lp_HTV[i, t, tok]) for t, tok in enumerate(h)) / ((5 + len(h)) / 6) ** alpha
+           for i, h in enumerate(hyps)]
+  order = np.argsort(brute)[::-1]
+  nbest_tokens, nbest_scores = np.asarray(result.nbest_tokens_BWL[0]), result.nbest_scores_BW[0]
+  for rank, i in enumerate(order):
+    np.testing.assert_array_equal(nbest_tokens[rank], (hyps[i] + [PAD] * max_length)[:max_length])
+    np.testing.assert_allclose(nbest_scores[rank], brute[i], rtol=1e-5)
+  np.testing.assert_array_equal(nbest_tokens[0], result.tokens_BL[0])
+  assert nbest_scores[0] == result.scores_B[0]
+
+
+@pytest.mark.parametrize('alpha,first', [(0.0, 'short'), (1.0, 'long')])
+def test_nbest_ranks_by_the_penalised_score(alpha, first):
+  result = _beam(SHORT_OR_LONG, alpha=alpha, beam_size=2)
+  short, long = [EOS, 0, 0, 0, 0, 0], [A, A, A, A, A, EOS]
+  scores = {'short': math.log(0.6), 'long': math.log(0.4) / (11 / 6) ** alpha}
+  ranked = ['short', 'long'] if first == 'short' else ['long', 'short']
+  np.testing.assert_array_equal(result.nbest_tokens_BWL[0],
+                                [short if r == 'short' else long for r in ranked])
+  np.testing.assert_allclose(result.nbest_scores_BW[0], [scores[r] for r in ranked], rtol=1e-6)
+
+
+def test_nbest_falls_back_to_live_hypotheses_scored_at_the_max_length():
+  never_ends = _table_step_fn([{BOS: {A: 0.7, B: 0.3}}]
+                              + [{A: {B: 0.9, A: 0.1}, B: {A: 0.6, B: 0.4}}] * 3)
+  result = _beam(never_ends, beam_size=2, max_length=4, alpha=0.6)
+  lp = ((5 + 4) / 6) ** 0.6
+  # The two beams after step 3 are a b a (.378) and a b b (.252); their best extensions are
+  # a b a b (.3402) and a b b a (.1512), ahead of a b b b (.1008) and a b a a (.0378).
+  np.testing.assert_array_equal(result.nbest_tokens_BWL[0], [[A, B, A, B], [A, B, B, A]])
+  np.testing.assert_allclose(result.nbest_scores_BW[0],
+                             [math.log(.7 * .9 * .6 * .9) / lp, math.log(.7 * .9 * .4 * .6) / lp],
+                             rtol=1e-6)
+
+
+def test_alpha_may_be_a_traced_argument():
+  """One compilation for every α (the server's): same result as α baked in as a constant."""
+  search = jax.jit(lambda alpha: _beam(SHORT_OR_LONG, alpha=alpha, beam_size=2))
+  for alpha in (0.0, 1.0):
+    traced, constant = search(jnp.float32(alpha)), _beam(SHORT_OR_LONG, alpha=alpha, beam_size=2)
+    np.testing.assert_array_equal(traced.tokens_BL, constant.tokens_BL)
+    np.testing.assert_allclose(traced.scores_B, constant.scores_B, rtol=1e-6)
+  assert search._cache_size() == 1
