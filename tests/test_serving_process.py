@@ -150,3 +150,15 @@ def test_sigterm_finishes_the_requests_in_flight_and_exits_0(untrained_run, comp
     assert [t['text'] for t in body['translations']] == [expected[t] for t in texts]
   assert sum(done > sent_signal for *_, done in results) > 10  # they really were in flight
   assert sum('request id=' in line for line in process.lines) == 96  # one log line each
+
+
+def test_sigterm_while_it_compiles_exits_0_without_waiting_for_every_shape(untrained_run,
+                                                                           tmp_path):
+  process = ServeProcess(untrained_run, tmp_path / 'empty_cache')  # nothing cached: compiles
+  try:
+    process._wait_for(r'(Application startup complete)', 120)  # the warm-up has begun
+    process.terminate()
+    assert process.process.wait(60) == 0, '\n'.join(process.lines[-30:])
+  finally:
+    process.close()
+  assert any('warm-up stopped' in line for line in process.lines), process.lines[-30:]

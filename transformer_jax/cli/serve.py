@@ -11,6 +11,7 @@ pip install -e '.[serve]'.
 """
 import logging
 import os
+import signal
 import socket
 import sys
 
@@ -92,6 +93,8 @@ def main(argv):
   server_log.addHandler(handler)
   server_log.setLevel(logging.INFO)
   server_log.propagate = False  # absl's root handler would print it a second time
+  # Until uvicorn takes the signals over, a stop asked for while the model loads is a clean exit.
+  signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
   batch_rows = _int_list('batch_rows', FLAGS.batch_rows)
   sock = _listen(FLAGS.host, FLAGS.port)
   if FLAGS.compile_cache:

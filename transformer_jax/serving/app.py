@@ -21,6 +21,7 @@ import itertools
 import json
 import logging
 import math
+import threading
 import time
 from importlib import resources
 from typing import Any
@@ -46,6 +47,10 @@ class ServerSettings:
   max_chars: int = 20_000          # characters in one request, all texts together
   max_body_bytes: int = 1 << 20    # the raw body
   warmup: bool = True              # compile every served shape at start-up (off: tests only)
+
+
+class _WarmupStopped(Exception):
+  """The server stopped before every shape was compiled."""
 
 
 class HttpError(Exception):
@@ -132,15 +137,20 @@ def create_app(engine: Engine, settings: ServerSettings = ServerSettings()) -> F
   async def lifespan(app):
     batcher.start()
     warmup = None
+    stopping = threading.Event()
     if settings.warmup:
       def progress(done, total):
         state['warmup_progress'] = (done, total)
+        if stopping.is_set():  # a stop during warm-up need not wait for every shape
+          raise _WarmupStopped()
 
       async def warm():
         try:
           seconds = await batcher.run_in_worker(engine.warmup, progress)
           state['ready'] = True
           log.info('ready: every served shape compiled in %.1fs', seconds)
+        except _WarmupStopped:
+          log.info('warm-up stopped: the server is stopping')
         except Exception as e:  # readyz reports it; the process stays up to say so
           state['warmup_error'] = f'{type(e).__name__}: {e}'
           log.exception('warm-up failed')
@@ -148,8 +158,9 @@ def create_app(engine: Engine, settings: ServerSettings = ServerSettings()) -> F
     else:
       state['ready'] = True
     yield
-    if warmup is not None and not warmup.done():
-      warmup.cancel()
+    stopping.set()
+    if warmup is not None:
+      await asyncio.gather(warmup, return_exceptions=True)  # ends after the shape it is on
     await batcher.stop()
 
   app = FastAPI(title='transformer_jax', version='1', lifespan=lifespan,
