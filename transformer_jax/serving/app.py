@@ -37,6 +37,8 @@ from transformer_jax.serving.metrics import ServerMetrics
 
 log = logging.getLogger('transformer_jax.serving')
 
+KNOWN_PATHS = frozenset({'/v1/translate', '/v1/attention', '/v1/model', '/healthz', '/readyz',
+                         '/metrics', '/', '/docs', '/openapi.json'})
 ALPHA_RANGE = (0.0, 2.0)  # GNMT's α; beyond 2 the penalty swamps the model
 
 
@@ -125,13 +127,46 @@ def _error(status: int, message: str, headers: dict | None = None) -> JSONRespon
   return JSONResponse({'error': message, 'status': status}, status_code=status, headers=headers)
 
 
+class _LogAndCount:
+  """Counts every request in the metrics and logs one line per API request (a plain ASGI
+  middleware: Starlette's BaseHTTPMiddleware costs a task and a stream per request)."""
+
+  def __init__(self, app, metrics: ServerMetrics):
+    self.app, self.metrics, self.ids = app, metrics, itertools.count(1)
+
+  async def __call__(self, scope, receive, send):
+    if scope['type'] != 'http':
+      return await self.app(scope, receive, send)
+    start, request_id, status = time.perf_counter(), next(self.ids), [500]
+    info = {}
+    scope.setdefault('state', {}).update(id=request_id, info=info)  # request.state.id / .info
+
+    async def send_with_id(message):
+      if message['type'] == 'http.response.start':
+        status[0] = message['status']
+        message = {**message, 'headers': [*message.get('headers', []),
+                                          (b'x-request-id', str(request_id).encode())]}
+      await send(message)
+
+    try:
+      await self.app(scope, receive, send_with_id)
+    finally:
+      seconds = time.perf_counter() - start
+      path = scope['path']
+      # Unknown paths share one label: a scanner must not grow the metrics without bound.
+      self.metrics.observe_request(path if path in KNOWN_PATHS else 'other', status[0], seconds)
+      if path.startswith('/v1/'):
+        log.info('request id=%d %s %s status=%d %s total_ms=%.1f', request_id, scope['method'],
+                 path, status[0], ' '.join(f'{k}={v}' for k, v in info.items()),
+                 seconds * 1e3)
+
+
 def create_app(engine: Engine, settings: ServerSettings = ServerSettings()) -> FastAPI:
   """The server for one engine. Warm-up (if on) runs on the decode thread at start-up."""
   settings.batcher.check()
   metrics = ServerMetrics()
   batcher = Batcher(engine, settings.batcher, on_batch=metrics.observe_batch)
   state = {'ready': False, 'warmup_error': None, 'warmup_progress': (0, 0)}
-  request_ids = itertools.count(1)
 
   @contextlib.asynccontextmanager
   async def lifespan(app):
@@ -167,24 +202,7 @@ def create_app(engine: Engine, settings: ServerSettings = ServerSettings()) -> F
                 docs_url='/docs', redoc_url=None)
   app.state.batcher, app.state.engine, app.state.metrics = batcher, engine, metrics
 
-  @app.middleware('http')
-  async def log_and_count(request: Request, call_next):
-    start = time.perf_counter()
-    request.state.id = next(request_ids)
-    request.state.info = {}
-    try:
-      response = await call_next(request)
-    except HttpError as e:
-      response = _error(e.status, e.message, e.headers)
-    seconds = time.perf_counter() - start
-    path = request.url.path
-    metrics.observe_request(path, response.status_code, seconds)
-    response.headers['X-Request-Id'] = str(request.state.id)
-    if path.startswith('/v1/'):
-      info = ' '.join(f'{k}={v}' for k, v in request.state.info.items())
-      log.info('request id=%d %s %s status=%d %s total_ms=%.1f', request.state.id,
-               request.method, path, response.status_code, info, seconds * 1e3)
-    return response
+  app.add_middleware(_LogAndCount, metrics=metrics)
 
   @app.exception_handler(HttpError)
   async def http_error(request: Request, e: HttpError):

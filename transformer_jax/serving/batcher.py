@@ -1,12 +1,16 @@
 """Dynamic batching: sentences of concurrent requests decoded together, answered one by one.
 
 Every sentence of every request becomes an `Item` with its own future. One worker task takes
-the oldest waiting item, waits at most `max_wait_ms` for company (only while it is idle: while
-a batch decodes, the next one fills up by itself), and decodes together every waiting item
-with the same (beam size, α, source bucket), up to the engine's largest batch for that bucket.
+the oldest waiting item, waits under load (when the last batch had company, or others wait
+already) at most `max_wait_ms` from going idle for as many sentences as the server held at the
+last batch, and decodes together every waiting item with the same
+beam size and α, up to the engine's largest batch for the longest source among them. Sources of
+different lengths share a batch, padded to the longest, as `Translator.translate` pads its
+batches: on a CPU a batch costs a fixed ~20 ms plus a few ms a row, so two half batches cost
+more than the padding of one.
 The decode runs on one worker thread, so the event loop keeps accepting and answering.
 
-Back-pressure: at most `max_queue` sentences wait; beyond that `submit` raises `QueueFull`
+Back-pressure: at most `max_queue` sentences wait; beyond that `translate` raises `QueueFull`
 (the server answers 429 with Retry-After). A request that is not answered within its budget
 raises `DeadlineExceeded` (504); its items still waiting are dropped, not decoded.
 """
@@ -49,7 +53,7 @@ class BatcherSettings:
 @dataclasses.dataclass
 class Item:
   ids: list[int]
-  key: tuple  # (beam size, alpha, source bucket): items that may share a batch
+  key: tuple  # (beam size, alpha): items that may share a batch
   request: int
   future: asyncio.Future
   enqueued: float
@@ -77,6 +81,7 @@ class Batcher:
     self._worker: asyncio.Task | None = None
     self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='decode')
     self._next_request = 0
+    self._recent_load = 1  # sentences in the server (waiting or taken) at the last batch
 
   # -- lifecycle -----------------------------------------------------------
   def start(self) -> None:
@@ -118,7 +123,7 @@ class Batcher:
     now = time.perf_counter()
     items = []
     for ids in live:
-      key = (beam_size, float(alpha), self.engine.source_bucket(len(ids)))
+      key = (beam_size, float(alpha))
       if not self.settings.batching:
         key += (self._next_request,)  # a key of its own: the request is decoded alone
       items.append(Item(ids, key, self._next_request, loop.create_future(), now))
@@ -139,26 +144,49 @@ class Batcher:
 
   # -- the worker ----------------------------------------------------------
   def _take_batch(self) -> list[Item]:
-    """The oldest waiting item and every waiting item that may join it, in arrival order."""
+    """The oldest waiting item and, in arrival order, every waiting item that may join it:
+    same beam size and α, and the batch still within the rows its longest source allows."""
     key = self._waiting[0].key
-    limit = self.engine.max_rows(key[2])
-    batch = [i for i in self._waiting if i.key == key][:limit]
+    batch, longest = [], 0
+    for item in self._waiting:
+      if item.key != key:
+        continue
+      length = max(longest, len(item.ids))
+      if len(batch) < self.engine.max_rows(self.engine.source_bucket(length)):
+        batch.append(item)
+        longest = length
     chosen = set(map(id, batch))
     self._waiting = collections.deque(i for i in self._waiting if id(i) not in chosen)
     return batch
 
   def _full_batch_waiting(self) -> bool:
     key = self._waiting[0].key
-    return sum(i.key == key for i in self._waiting) >= self.engine.max_rows(key[2])
+    same = [i for i in self._waiting if i.key == key]
+    longest = max(len(i.ids) for i in same)
+    return len(same) >= self.engine.max_rows(self.engine.source_bucket(longest))
+
+  def _enough_waiting(self) -> bool:
+    """A full batch waits, or as many sentences as were in the server at the last batch."""
+    key = self._waiting[0].key
+    return (self._full_batch_waiting()
+            or sum(i.key == key for i in self._waiting) >= self._recent_load)
 
   async def _run(self) -> None:
+    idle_since = time.perf_counter()
     while True:
       while not self._waiting:
         self._wakeup.clear()
         await self._wakeup.wait()
-      if self.settings.batching and self.settings.max_wait_ms > 0:
-        deadline = self._waiting[0].enqueued + self.settings.max_wait_ms / 1e3
-        while not self._full_batch_waiting() and time.perf_counter() < deadline:
+      # Under load, wait (at most max_wait_ms from when the worker went idle) for as many
+      # sentences as the server held at the last batch. With closed-loop clients the ones just
+      # answered come back within a few ms; not waiting for them would split the load into a
+      # large batch and a small one for good (32 clients: batches of 31 and 1, alternately).
+      # A lone client (concurrency 1) never waits: it could only pay for the wait.
+      under_load = self._recent_load > 1 or len(self._waiting) > 1
+      if self.settings.batching and self.settings.max_wait_ms > 0 and under_load:
+        deadline = (max(idle_since, self._waiting[0].enqueued)
+                    + self.settings.max_wait_ms / 1e3)
+        while not self._enough_waiting() and time.perf_counter() < deadline:
           self._wakeup.clear()
           try:
             await asyncio.wait_for(self._wakeup.wait(), deadline - time.perf_counter())
@@ -169,6 +197,7 @@ class Batcher:
         if not self._waiting:
           continue
       batch = self._take_batch()
+      self._recent_load = len(batch) + len(self._waiting)
       started = time.perf_counter()
       for item in batch:
         item.started = started
@@ -180,8 +209,10 @@ class Batcher:
         for item in batch:
           if not item.future.done():
             item.future.set_exception(e)
+        idle_since = time.perf_counter()
         continue
-      decode_s = time.perf_counter() - started
+      idle_since = time.perf_counter()
+      decode_s = idle_since - started
       if self.on_batch is not None:
         self.on_batch(len(batch), self.engine.rows_bucket(len(batch)))
       for item, translation in zip(batch, translations):
