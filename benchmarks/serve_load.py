@@ -143,7 +143,7 @@ def main():
                '--max_queue=100000', '--timeout_s=600']
       if not batching:
         flags.append('--nobatching')
-      servers[batching] = ServeProcess(args.workdir, args.compile_cache, *flags)
+      servers[batching] = ServeProcess(args.workdir, args.compile_cache, *flags, shapes=())
       servers[batching].wait_ready(3600)
     for beam in beams:
       for batching, server in servers.items():  # warm each server at this beam size

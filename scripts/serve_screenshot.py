@@ -31,7 +31,7 @@ def main():
   from selenium.webdriver.common.action_chains import ActionChains
   from selenium.webdriver.common.by import By
   from selenium.webdriver.support.ui import Select, WebDriverWait
-  server = ServeProcess(args.workdir, args.compile_cache, '--beam_sizes=1,4')
+  server = ServeProcess(args.workdir, args.compile_cache, '--beam_sizes=1,4', shapes=())
   try:
     server.wait_ready(3600)
     options = webdriver.ChromeOptions()

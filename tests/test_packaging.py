@@ -31,7 +31,7 @@ from transformer_jax import configs
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGED = ('multi30k', 'multi30k_de_en', 'tiny')
-SCRIPTS = ('transformer-jax-train', 'transformer-jax-translate')
+SCRIPTS = ('transformer-jax-train', 'transformer-jax-translate', 'transformer-jax-serve')
 
 
 # --- transformer_jax.configs and --config NAME (fast) -----------------------------------------
@@ -219,11 +219,13 @@ def test_wheel_holds_every_module_config_and_entry_point(installed):
   assert modules - names == set(), 'modules missing from the wheel'
   for name in PACKAGED:
     assert f'transformer_jax/configs/{name}.py' in names
-  for package in ('data', 'data/datasets', 'data/datasets/multi30k', 'configs', 'cli'):
+  for package in ('data', 'data/datasets', 'data/datasets/multi30k', 'configs', 'cli', 'serving'):
     assert f'transformer_jax/{package}/__init__.py' in names
+  assert 'transformer_jax/serving/page/index.html' in names  # the page is package data
   assert not any(n.startswith(('tests/', 'configs/', 'notebooks/', 'benchmarks/')) for n in names)
   assert 'transformer-jax-train = transformer_jax.cli.train:run' in scripts
   assert 'transformer-jax-translate = transformer_jax.cli.translate:run' in scripts
+  assert 'transformer-jax-serve = transformer_jax.cli.serve:run' in scripts
   for script in SCRIPTS:
     assert (installed['bin'] / script).is_file(), script
 

@@ -196,7 +196,7 @@ def test_model_health_and_readiness(engine):
   assert info['decoding']['beam_sizes'] == [1, 2] and info['decoding']['beam_size'] == 2
   assert info['max_length'] == 32 and info['vocab']['size'] == engine.vocab.size
   assert info['buckets'] == {'source_lengths': [16, 32], 'batch_rows': [1, 4, 8],
-                             'max_batch_tokens': 4096}
+                             'max_batch_tokens': 4096, 'max_decoder_rows': 64}
   assert 'step' in info['checkpoint'] and info['config']['model']['d_model'] == 32
   assert page.status_code == 200 and 'id="cross"' in page.text
 

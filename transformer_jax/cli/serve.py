@@ -27,10 +27,12 @@ flags.DEFINE_integer('port', 8000, 'Port to listen on; 0 = any free port (printe
                      lower_bound=0, upper_bound=65535)
 flags.DEFINE_list('beam_sizes', None, "Beam sizes served (compiled at start-up); default: 1 and "
                   "the run's eval.beam_size.")
-flags.DEFINE_list('batch_rows', ['1', '2', '4', '8', '16', '32', '64'],
+flags.DEFINE_list('batch_rows', ['1', '2', '4', '8', '16', '32'],
                   'Batch sizes (sentences) compiled at start-up; a batch is padded to the next.')
 flags.DEFINE_integer('max_batch_tokens', 4096, 'Rows x padded source length of the largest '
                      'batch.', lower_bound=16)
+flags.DEFINE_integer('max_decoder_rows', 64, 'Rows x beam size of the largest batch (beam 4: '
+                     '16 sentences).', lower_bound=1)
 flags.DEFINE_float('max_wait_ms', 5.0, 'How long an idle decoder waits to fill a batch.',
                    lower_bound=0)
 flags.DEFINE_bool('batching', True, '--nobatching: decode every request alone.')
@@ -109,7 +111,8 @@ def main(argv):
     raise app.UsageError(f'--beam_sizes={",".join(map(str, beam_sizes))}: must include the '
                          f"run's eval.beam_size ({default_beam}), a request's default")
   engine = Engine(translator, EngineSettings(beam_sizes=beam_sizes, batch_rows=batch_rows,
-                                             max_batch_tokens=FLAGS.max_batch_tokens))
+                                             max_batch_tokens=FLAGS.max_batch_tokens,
+                                             max_decoder_rows=FLAGS.max_decoder_rows))
   settings = ServerSettings(
       batcher=BatcherSettings(max_wait_ms=FLAGS.max_wait_ms, max_queue=FLAGS.max_queue,
                               timeout_s=FLAGS.timeout_s, batching=FLAGS.batching),

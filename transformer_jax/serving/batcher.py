@@ -144,15 +144,18 @@ class Batcher:
 
   # -- the worker ----------------------------------------------------------
   def _take_batch(self) -> list[Item]:
-    """The oldest waiting item and, in arrival order, every waiting item that may join it:
-    same beam size and α, and the batch still within the rows its longest source allows."""
-    key = self._waiting[0].key
+    """The oldest waiting item and the waiting items that may join it: same beam size and α,
+    the batch within the rows its longest source allows."""
+    oldest = self._waiting[0]
+    same = [i for i in self._waiting if i.key == oldest.key]
+    # When more wait than fit, the oldest goes with those nearest its length (a stable sort:
+    # arrival order among equals), as offline batches are sorted: a batch runs as many steps
+    # as its longest translation needs, so mixing lengths wastes the short ones' rows.
+    same[1:] = sorted(same[1:], key=lambda i: abs(len(i.ids) - len(oldest.ids)))
     batch, longest = [], 0
-    for item in self._waiting:
-      if item.key != key:
-        continue
+    for item in same:
       length = max(longest, len(item.ids))
-      if len(batch) < self.engine.max_rows(self.engine.source_bucket(length)):
+      if len(batch) < self.engine.max_rows(self.engine.source_bucket(length), oldest.key[0]):
         batch.append(item)
         longest = length
     chosen = set(map(id, batch))
@@ -163,7 +166,7 @@ class Batcher:
     key = self._waiting[0].key
     same = [i for i in self._waiting if i.key == key]
     longest = max(len(i.ids) for i in same)
-    return len(same) >= self.engine.max_rows(self.engine.source_bucket(longest))
+    return len(same) >= self.engine.max_rows(self.engine.source_bucket(longest), key[0])
 
   def _enough_waiting(self) -> bool:
     """A full batch waits, or as many sentences as were in the server at the last batch."""

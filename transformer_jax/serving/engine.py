@@ -40,14 +40,21 @@ log = logging.getLogger('transformer_jax.serving')
 class EngineSettings:
   """What the engine compiles at start-up (each is a served shape; nothing else is)."""
   beam_sizes: tuple[int, ...] = (1, 4)
-  batch_rows: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+  batch_rows: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
   max_batch_tokens: int = 4096  # rows x padded source length of the largest batch
+  # rows x beam size: a step costs about this many rows' work, and a batch runs as many steps
+  # as its longest translation needs, so past ~64 rows (2-core CPU) a bigger batch mostly
+  # waits for its stragglers (docs/PERFORMANCE.md#serving).
+  max_decoder_rows: int = 64
 
   def check(self) -> None:
     for name in ('beam_sizes', 'batch_rows'):
       values = getattr(self, name)
       if not values or any(not isinstance(v, int) or v < 1 for v in values):
         raise ValueError(f'{name} must be a non-empty list of integers >= 1, got {values!r}')
+    if self.max_decoder_rows < max(self.beam_sizes):
+      raise ValueError(f'max_decoder_rows ({self.max_decoder_rows}) must hold one sentence of '
+                       f'the largest beam ({max(self.beam_sizes)})')
     if self.max_batch_tokens < LENGTH_MULTIPLE:
       raise ValueError(f'max_batch_tokens must be >= {LENGTH_MULTIPLE}, got '
                        f'{self.max_batch_tokens}')
@@ -101,9 +108,10 @@ class Engine:
     """The Translator's decode length for a batch padded to `source_bucket`."""
     return min(self.max_length, _bucket(int(source_bucket * 1.5) + 10, LENGTH_MULTIPLE))
 
-  def max_rows(self, source_bucket: int) -> int:
-    """The most sentences one batch of this source bucket holds (the token budget, in rows)."""
-    fitting = [r for r in self.batch_rows if r * source_bucket <= self.settings.max_batch_tokens]
+  def max_rows(self, source_bucket: int, beam_size: int) -> int:
+    """The most sentences one batch holds: within the token and the decoder-row budgets."""
+    fitting = [r for r in self.batch_rows if r * source_bucket <= self.settings.max_batch_tokens
+               and r * beam_size <= self.settings.max_decoder_rows]
     return max(fitting) if fitting else self.batch_rows[0]
 
   def rows_bucket(self, n: int) -> int:
@@ -112,7 +120,7 @@ class Engine:
   def shapes(self):
     """Every (beam, rows, source bucket) served: the start-up compilation's work list."""
     return [(beam, rows, s) for beam in self.settings.beam_sizes for s in self.source_buckets
-            for rows in self.batch_rows if rows <= self.max_rows(s)]
+            for rows in self.batch_rows if rows <= self.max_rows(s, beam)]
 
   # -- tokens --------------------------------------------------------------
   def encode(self, text: str) -> EncodedSource:
@@ -194,9 +202,10 @@ class Engine:
     if beam_size not in self.settings.beam_sizes:
       raise ValueError(f'beam size {beam_size} is not served (served: '
                        f'{list(self.settings.beam_sizes)})')
-    if len(sources) > self.max_rows(source_bucket):
+    if len(sources) > self.max_rows(source_bucket, beam_size):
       raise ValueError(f'{len(sources)} sentences of up to {source_bucket} tokens exceed the '
-                       f'largest batch ({self.max_rows(source_bucket)} rows)')
+                       f'largest batch at beam {beam_size} '
+                       f'({self.max_rows(source_bucket, beam_size)} rows)')
     rows = self.rows_bucket(len(sources))
     inputs_BS = np.zeros((rows, source_bucket), np.int32)
     for row, ids in enumerate(sources):
