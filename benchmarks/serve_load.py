@@ -161,12 +161,15 @@ def main():
               flush=True)
       results[f'beam{beam}'] = {k: median_of(v) for k, v in rounds.items()}
       b = results[f'beam{beam}']
-      if 'batching_c32' in b:
-        b['c32_over_offline'] = round(b['batching_c32']['sent_per_s']
-                                      / b['offline']['sent_per_s'], 3)
-      if 'batching_c1' in b:
-        b['c1_p99_over_single_p99'] = round(b['batching_c1']['p99_ms'] / b['single']['p99_ms'], 3)
-        b['c1_p99_over_single_p50'] = round(b['batching_c1']['p99_ms'] / b['single']['p50_ms'], 3)
+
+      def ratio(key, field, base, base_field):  # the median of the per-round ratios
+        return round(statistics.median(
+            s[field] / o[base_field] for s, o in zip(rounds[key], rounds[base])), 3)
+      for c in levels:
+        b[f'c{c}_over_offline'] = ratio(f'batching_c{c}', 'sent_per_s', 'offline', 'sent_per_s')
+      if 1 in levels:
+        b['c1_p99_over_single_p99'] = ratio('batching_c1', 'p99_ms', 'single', 'p99_ms')
+        b['c1_p99_over_single_p50'] = ratio('batching_c1', 'p99_ms', 'single', 'p50_ms')
       print(json.dumps({f'beam{beam}': b}), flush=True)
   finally:
     for server in servers.values():
