@@ -94,3 +94,19 @@ def test_translate_names_the_argument_it_cannot_take(translator, sentences, kwar
 def test_a_checkpoint_choice_that_names_nothing_is_refused(trained, checkpoint, match):
   with pytest.raises(ValueError, match=match):
     Translator(str(trained), checkpoint=checkpoint)
+
+
+def test_serve_cli_names_the_flag_it_cannot_use(trained, tmp_path):
+  import socket
+  _one_line_error(_run('serve.py', f'--workdir={tmp_path / "nope"}', '--port=0'),
+                  f'--workdir={tmp_path / "nope"}', 'no such directory')
+  _one_line_error(_run('serve.py', f'--workdir={trained}', '--port=0', '--batch_rows=1,x'),
+                  '--batch_rows=1,x', 'integers')
+  _one_line_error(_run('serve.py', f'--workdir={trained}', '--port=0', '--beam_sizes=1'),
+                  '--beam_sizes=1', "eval.beam_size (2)")
+  with socket.socket() as taken:
+    taken.bind(('127.0.0.1', 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    _one_line_error(_run('serve.py', f'--workdir={trained}', f'--port={port}'),
+                    f'--port={port}', 'cannot listen there')
