@@ -76,16 +76,22 @@ class Translator:
                                          max_length=max_length)
     return self._decoders[key]
 
+  def encode_source(self, sentence: str) -> tuple[list[int], bool]:
+    """(token ids + EOS, whether it was cut to the model's max length); [] for a blank one."""
+    if not sentence.strip():
+      return [], False
+    ids, keep = self.vocab.encode(sentence), self.max_length - 1
+    return ids[:keep] + [self.vocab.eos_id], len(ids) > keep
+
   def encode_sources(self, sentences: Sequence[str]) -> list[list[int]]:
     """Token ids + EOS per sentence; longer than the model's max length is truncated (counted)."""
-    keep = self.max_length - 1
-    ids = [self.vocab.encode(s) if s.strip() else [] for s in sentences]
-    truncated = sum(len(x) > keep for x in ids)
+    encoded = [self.encode_source(s) for s in sentences]
+    truncated = sum(cut for _, cut in encoded)
     if truncated:
       logging.warning('%d of %d sentences are longer than %d tokens and were truncated',
-                      truncated, len(ids), keep)
+                      truncated, len(encoded), self.max_length - 1)
     self.num_truncated = truncated
-    return [x[:keep] + [self.vocab.eos_id] if x else [] for x in ids]
+    return [ids for ids, _ in encoded]
 
   def decoding_settings(self, beam_size: int | None = None,
                         alpha: float | None = None) -> tuple[int, float]:

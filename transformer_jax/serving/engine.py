@@ -124,12 +124,8 @@ class Engine:
 
   # -- tokens --------------------------------------------------------------
   def encode(self, text: str) -> EncodedSource:
-    """As `Translator.encode_sources`, one text at a time, saying whether it was truncated."""
-    if not text.strip():
-      return EncodedSource([], False)
-    ids = self.vocab.encode(text)
-    keep = self.max_length - 1
-    return EncodedSource(ids[:keep] + [self.vocab.eos_id], len(ids) > keep)
+    """`Translator.encode_source`: the ids the Translator would decode, and whether cut."""
+    return EncodedSource(*self.translator.encode_source(text))
 
   def detokenize(self, ids: Sequence[int]) -> str:
     return self.vocab.decode(list(ids))
