@@ -159,12 +159,20 @@ def beam_search_from_step_fn(
 
   body = functools.partial(_extend_beams, step_fn=step_fn, alpha=alpha, eos_id=eos_id)
   step, live_tokens, live_logp, fin_tokens, fin_scores, _ = jax.lax.while_loop(cond, body, init)
+  return _result(step, live_tokens, live_logp / best_possible_lp, fin_tokens, fin_scores,
+                 eos_id)
+
+
+def _result(step, live_tokens_BWL, live_scores_BW, fin_tokens_BWL, fin_scores_BW, eos_id):
+  """The search's DecodeResult: the best finished hypothesis (else the best live one, scored
+  with lp(max_length)) and the ranked n-best; bos (column 0) dropped."""
   # top_k keeps both sets sorted: slot 0 is the best.
-  any_finished_B = fin_scores[:, 0] > NEG_INF
-  tokens_BL = jnp.where(any_finished_B[:, None], fin_tokens[:, 0, 1:], live_tokens[:, 0, 1:])
-  scores_B = jnp.where(any_finished_B, fin_scores[:, 0], live_logp[:, 0] / best_possible_lp)
+  any_finished_B = fin_scores_BW[:, 0] > NEG_INF
+  tokens_BL = jnp.where(any_finished_B[:, None], fin_tokens_BWL[:, 0, 1:],
+                        live_tokens_BWL[:, 0, 1:])
+  scores_B = jnp.where(any_finished_B, fin_scores_BW[:, 0], live_scores_BW[:, 0])
   nbest_tokens_BWL, nbest_scores_BW = _ranked_hypotheses(
-      fin_tokens[:, :, 1:], fin_scores, live_tokens[:, :, 1:], live_logp / best_possible_lp)
+      fin_tokens_BWL[:, :, 1:], fin_scores_BW, live_tokens_BWL[:, :, 1:], live_scores_BW)
   return DecodeResult(tokens_BL, scores_B, lengths_from_tokens(tokens_BL, eos_id), step,
                       nbest_tokens_BWL, nbest_scores_BW)
 
