@@ -46,51 +46,77 @@ def get_config():
   config.ema_decay = 0.995           # >0: keep an EMA of the params; evaluate and translate with it
   config.allow_resume_with_changes = False  # True: resume although optimizer values or the seed changed
 
-  config.data = ml_collections.ConfigDict()
-  config.data.dataset = 'multi30k'
-  config.data.source_lang = 'en'
-  config.data.target_lang = 'de'
-  config.data.manual_dir = ''       # raw files train.{en,de}, val.{en,de}; '' = $MULTI30K_DIR, else download
-  config.data.data_dir = ''         # prepared TFDS data; '' = a dir per raw-file set under $TFDS_DATA_DIR or ~/tensorflow_datasets
-  config.data.vocab_size = 8000
-  config.data.max_length = 64       # tokens per packed row, source and target
-
-  config.model = ml_collections.ConfigDict()
-  config.model.d_model = 256
-  config.model.num_heads = 4
-  config.model.d_ff = 1024
-  config.model.num_encoder_layers = 3
-  config.model.num_decoder_layers = 3
-  config.model.dropout_rate = 0.3
-  config.model.attention_dropout_rate = 0.0
-  config.model.relu_dropout_rate = 0.0
-  config.model.pre_ln = False
-  config.model.dtype = 'float32'        # compute dtype ('bfloat16' on accelerators)
-  config.model.param_dtype = 'float32'  # storage dtype of the weights and optimizer state
-  config.model.attention_impl = 'auto'
-  config.model.remat = False
-
-  config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.schedule = 'rsqrt_cooldown'
-  config.optimizer.learning_rate_scale = 1.0
-  config.optimizer.warmup_steps = 400
-  config.optimizer.cooldown_steps = 750
-  config.optimizer.b1 = 0.9
-  config.optimizer.b2 = 0.98
-  config.optimizer.eps = 1e-9
-  config.optimizer.weight_decay = 0.0
-  config.optimizer.grad_clip_norm = 1.0
-
-  config.eval = ml_collections.ConfigDict()
-  config.eval.batch_size = 128
-  config.eval.beam_size = 4
-  config.eval.alpha = 0.6
-  config.eval.method = ''            # '' = by beam size (1: greedy, more: beam_search), or a registered name
-  config.eval.max_decode_length = 64
-  config.eval.num_bleu_sentences = 0  # 0 = the whole validation split
-
-  config.mesh = ml_collections.ConfigDict()
-  config.mesh.data = -1             # -1: all devices not used by the other axes
-  config.mesh.fsdp = 1
-  config.mesh.tensor = 1
+  config.data = _data()
+  config.model = _model()
+  config.optimizer = _optimizer()
+  config.eval = _eval()
+  config.mesh = _mesh()
   return config
+
+
+def _data():
+  """The corpus, its vocabulary and the packed row length."""
+  data = ml_collections.ConfigDict()
+  data.dataset = 'multi30k'
+  data.source_lang = 'en'
+  data.target_lang = 'de'
+  data.manual_dir = ''       # raw files train.{en,de}, val.{en,de}; '' = $MULTI30K_DIR, else download
+  data.data_dir = ''         # prepared TFDS data; '' = a dir per raw-file set under $TFDS_DATA_DIR or ~/tensorflow_datasets
+  data.vocab_size = 8000
+  data.max_length = 64       # tokens per packed row, source and target
+  return data
+
+
+def _model():
+  """The Transformer's sizes, regularisation and numerics."""
+  model = ml_collections.ConfigDict()
+  model.d_model = 256
+  model.num_heads = 4
+  model.d_ff = 1024
+  model.num_encoder_layers = 3
+  model.num_decoder_layers = 3
+  model.dropout_rate = 0.3
+  model.attention_dropout_rate = 0.0
+  model.relu_dropout_rate = 0.0
+  model.pre_ln = False
+  model.dtype = 'float32'        # compute dtype ('bfloat16' on accelerators)
+  model.param_dtype = 'float32'  # storage dtype of the weights and optimizer state
+  model.attention_impl = 'auto'
+  model.remat = False
+  return model
+
+
+def _optimizer():
+  """Adam and the learning-rate schedule."""
+  optimizer = ml_collections.ConfigDict()
+  optimizer.schedule = 'rsqrt_cooldown'
+  optimizer.learning_rate_scale = 1.0
+  optimizer.warmup_steps = 400
+  optimizer.cooldown_steps = 750
+  optimizer.b1 = 0.9
+  optimizer.b2 = 0.98
+  optimizer.eps = 1e-9
+  optimizer.weight_decay = 0.0
+  optimizer.grad_clip_norm = 1.0
+  return optimizer
+
+
+def _eval():
+  """Validation decoding (the BLEU every eval_every_steps)."""
+  evaluation = ml_collections.ConfigDict()
+  evaluation.batch_size = 128
+  evaluation.beam_size = 4
+  evaluation.alpha = 0.6
+  evaluation.method = ''            # '' = by beam size (1: greedy, more: beam_search), or a registered name
+  evaluation.max_decode_length = 64
+  evaluation.num_bleu_sentences = 0  # 0 = the whole validation split
+  return evaluation
+
+
+def _mesh():
+  """Device mesh axes."""
+  mesh = ml_collections.ConfigDict()
+  mesh.data = -1             # -1: all devices not used by the other axes
+  mesh.fsdp = 1
+  mesh.tensor = 1
+  return mesh
