@@ -126,7 +126,7 @@ def test_large_beam_finds_best_penalised_sequence(alpha):
   # the top 80, where an eos counts: the search is exhaustive.
   tokens, scores = _decoder('beam_search', vocab, beam_size=80, max_length=max_length,
                             alpha=alpha)(inputs_BS)
-  words = [t for t in range(vocab) if t != EOS]
+  words = [t for t in range(vocab) if t not in (EOS, PAD)]  # padding is never generated
   hyps = [list(w) + [EOS] for n in range(max_length) for w in itertools.product(words, repeat=n)]
   dec_in_HT = jnp.array([[BOS] + (h[:-1] + [A] * max_length)[:max_length - 1] for h in hyps])
   for row in range(inputs_BS.shape[0]):
@@ -286,14 +286,14 @@ def _check_two_stage(batch, beams, vocab, n_cand):
 # -- the n-best list and a traced α (what the server relies on) ----------------
 
 def test_nbest_is_every_finished_hypothesis_ranked_when_the_search_is_exhaustive():
-  """The exhaustive search above: its 80-slot n-best starts with all 21 finished sequences
+  """The exhaustive search above: its 80-slot n-best starts with all 13 finished sequences (no padding)
   in the order of the brute-force scores, the best being tokens_BL / scores_B."""
   vocab, max_length, alpha = 5, 3, 0.8
   inputs_BS = jnp.array([[A, B, B, EOS]], jnp.int32)
   graphdef, state = nnx.split(_model(vocab))
   result = decoder_lib.make_decoder(graphdef, beam_size=80, max_length=max_length,
                                     alpha=alpha)(state, inputs_BS)
-  words = [t for t in range(vocab) if t != EOS]
+  words = [t for t in range(vocab) if t not in (EOS, PAD)]  # padding is never generated
   hyps = [list(w) + [EOS] for n in range(max_length) for w in itertools.product(words, repeat=n)]
   dec_in_HT = jnp.array([[BOS] + (h[:-1] + [A] * max_length)[:max_length - 1] for h in hyps])
   lp_HTV = _full_pass_log_probs(vocab)(jnp.repeat(inputs_BS, len(hyps), 0), dec_in_HT)

@@ -145,7 +145,8 @@ def test_decoder_gradient_after_t_is_exactly_zero():
   real_encoding = model_lib.sinusoidal_encoding
 
   def logits_of(delta_BTD):
-    shifted = lambda positions, d_model: real_encoding(positions, d_model) + delta_BTD
+    shifted = lambda positions, d_model, layout: (real_encoding(positions, d_model, layout)
+                                                + delta_BTD)
     with mock.patch.object(model_lib, 'sinusoidal_encoding', shifted):
       return model.decode(memory, src_seg, DEC_FULL_BT)
 
@@ -167,7 +168,7 @@ def test_encoder_is_permutation_equivariant_only_without_positions(monkeypatch):
 
   # model.py binds the name at import, so patch it there.
   monkeypatch.setattr(model_lib, 'sinusoidal_encoding',
-                      lambda positions, d_model: jnp.zeros((*positions.shape, d_model)))
+                      lambda positions, d_model, layout: jnp.zeros((*positions.shape, d_model)))
   out = model.encode(src)
   np.testing.assert_allclose(model.encode(src[:, perm]), out[:, perm], atol=1e-5)
 

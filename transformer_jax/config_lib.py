@@ -82,26 +82,41 @@ def max_length(config: ml_collections.ConfigDict) -> int:
   return max(config.data.max_length, config.eval.max_decode_length)
 
 
-def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> TransformerConfig:
+# Model keys added after runs were written without them: absent = the paper's choice.
+MODEL_OPTION_DEFAULTS = {'activation': 'relu', 'attention_bias': False, 'logits_bias': False,
+                         'position_layout': 'interleaved', 'layer_norm_eps': 1e-6,
+                         'scale_embedding': True}
+
+
+def special_ids(vocab) -> dict[str, int]:
+  """The ids the model takes from its vocabulary (any tokenizer: `pad_id`, `bos_id`, `eos_id`)."""
+  return {'pad_id': vocab.pad_id, 'bos_id': vocab.bos_id, 'eos_id': vocab.eos_id}
+
+
+def model_config(config: ml_collections.ConfigDict, vocab_size: int, pad_id: int = 0,
+                 bos_id: int = 2, eos_id: int = 3) -> TransformerConfig:
+  """The TransformerConfig of `config.model`; the size and special ids are the vocabulary's."""
   m = config.model
+  options = {k: m.get(k, default) for k, default in MODEL_OPTION_DEFAULTS.items()}
   return TransformerConfig(
       vocab_size=vocab_size, d_model=m.d_model, num_heads=m.num_heads, d_ff=m.d_ff,
       num_encoder_layers=m.num_encoder_layers, num_decoder_layers=m.num_decoder_layers,
       dropout_rate=m.dropout_rate, attention_dropout_rate=m.attention_dropout_rate,
       relu_dropout_rate=m.relu_dropout_rate, max_length=max_length(config),
       pre_ln=m.pre_ln, dtype=m.dtype, param_dtype=m.get('param_dtype', 'float32'),
-      attention_impl=m.attention_impl, remat=m.remat)
+      attention_impl=m.attention_impl, remat=m.remat, pad_id=pad_id, bos_id=bos_id,
+      eos_id=eos_id, **options)
 
 
-def build_model(config: ml_collections.ConfigDict, vocab_size: int):
-  """The run's Transformer, initialised from `config.seed`."""
+def build_model(config: ml_collections.ConfigDict, vocab_size: int, **ids):
+  """The run's Transformer, initialised from `config.seed`; ids: `special_ids(vocab)`."""
   from flax import nnx
   from transformer_jax.nn.model import Transformer
-  return Transformer(model_config(config, vocab_size), rngs=nnx.Rngs(config.seed))
+  return Transformer(model_config(config, vocab_size, **ids), rngs=nnx.Rngs(config.seed))
 
 
-def abstract_model(config: ml_collections.ConfigDict, vocab_size: int):
+def abstract_model(config: ml_collections.ConfigDict, vocab_size: int, **ids):
   """(graphdef, abstract params) without allocating weights."""
   from flax import nnx
-  model = nnx.eval_shape(lambda: build_model(config, vocab_size))
+  model = nnx.eval_shape(lambda: build_model(config, vocab_size, **ids))
   return nnx.split(model, nnx.Param)

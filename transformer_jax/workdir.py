@@ -14,7 +14,7 @@ import os
 
 import ml_collections
 
-from transformer_jax.config_lib import ConfigError
+from transformer_jax.config_lib import MODEL_OPTION_DEFAULTS, ConfigError
 from transformer_jax.errors import UserError
 from transformer_jax.text_files import write_text_atomically
 
@@ -31,7 +31,8 @@ _GUARDED_KEYS = ('seed', 'ema_decay', 'label_smoothing')
 # Where the raw and prepared files live may change between runs; what they hold may not.
 _MOVABLE_KEYS = {('data', 'manual_dir'), ('data', 'data_dir')}
 # Keys added to the config after runs were written without them: absent = this value.
-_ADDED_KEY_DEFAULTS = {('model', 'param_dtype'): 'float32'}
+_ADDED_KEY_DEFAULTS = {('model', 'param_dtype'): 'float32',
+                       **{('model', k): v for k, v in MODEL_OPTION_DEFAULTS.items()}}
 
 
 class WorkDirError(UserError):
@@ -156,7 +157,11 @@ class WorkDir:
     return vocab if vocab is not None else self.load_vocab()
 
   def load_vocab(self):
+    """The run's tokenizer: the joint SentencePiece model, or a Marian one (init_from)."""
+    from transformer_jax.data import marian_vocab
     from transformer_jax.data.vocab import Vocab
+    if os.path.exists(os.path.join(self.vocab_dir, marian_vocab.VOCAB_JSON)):
+      return marian_vocab.MarianVocab(self.vocab_dir)
     if not os.path.exists(self.vocab_path):
       raise FileNotFoundError(f'{self.vocab_path} not found: the run in {self.path} has not '
                               'written its vocabulary (it is trained at the start of train.py)')
@@ -164,7 +169,7 @@ class WorkDir:
 
   def vocab_meta(self, vocab) -> dict:
     """What a checkpoint's meta records of the vocabulary it was trained with."""
-    return {'vocab_size': vocab.size, 'vocab_sha256': file_sha256(vocab.path)}
+    return {'vocab_size': vocab.size, 'vocab_sha256': vocab_sha256(vocab)}
 
   def lock(self):
     """The training lock of this directory (`with workdir.lock(): ...`, or acquire/release)."""
@@ -180,14 +185,23 @@ class WorkDir:
     """Raises VocabularyMismatchError if checkpoint `step` was trained with another vocab."""
     meta = checkpointer.read_meta(step)
     expected = meta.get('vocab_sha256')
-    if expected and expected != file_sha256(vocab.path):
+    where = ', '.join(os.fspath(f) for f in vocab.files)
+    if expected and expected != vocab_sha256(vocab):
       raise VocabularyMismatchError(
-          f'{vocab.path} is not the vocabulary the checkpoints in {checkpointer.directory} '
-          'were trained with (sha256 differs): restore the run\'s own vocab/spm.model')
+          f'{where} is not the vocabulary the checkpoints in {checkpointer.directory} '
+          'were trained with (sha256 differs): restore the run\'s own vocab/ files')
     if meta.get('vocab_size', vocab.size) != vocab.size:
       raise VocabularyMismatchError(
-          f'{vocab.path} has {vocab.size} pieces but the checkpoint was trained with '
-          f'{meta["vocab_size"]}: restore the run\'s own vocab/spm.model')
+          f'{where} has {vocab.size} pieces but the checkpoint was trained with '
+          f'{meta["vocab_size"]}: restore the run\'s own vocab/ files')
+
+
+def vocab_sha256(vocab) -> str:
+  """The vocabulary's identity: its file's sha256, or a hash of its files' hashes."""
+  hashes = [file_sha256(os.fspath(f)) for f in vocab.files]
+  if len(hashes) == 1:
+    return hashes[0]
+  return hashlib.sha256(''.join(hashes).encode()).hexdigest()
 
 
 def make_directory(path: str) -> None:

@@ -83,6 +83,13 @@ def _model():
   model.param_dtype = 'float32'  # storage dtype of the weights and optimizer state
   model.attention_impl = 'auto'
   model.remat = False
+  # Options for other post-LN Transformers (Marian / OPUS-MT; docs/INTEROP.md):
+  model.activation = 'relu'      # 'relu' | 'silu' | 'gelu'
+  model.attention_bias = False   # biases on the q, k, v and output projections
+  model.logits_bias = False      # a trained bias on the output logits
+  model.position_layout = 'interleaved'  # sin/cos channels interleaved (paper) | 'halves' (Marian)
+  model.layer_norm_eps = 1e-6
+  model.scale_embedding = True   # embeddings times sqrt(d_model)
   return model
 
 

@@ -61,7 +61,7 @@ def tokenize_pair(pair: Mapping[str, str], vocab: Vocab, source_lang: str,
                   target_lang: str) -> dict[str, np.ndarray]:
   """int32 `inputs` [S+1], `decoder_inputs` [T+1], `targets` [T+1] of one pair."""
   source_ids = vocab.encode(pair[source_lang])
-  target_ids = vocab.encode(pair[target_lang])
+  target_ids = vocab.encode_target(pair[target_lang])
   return {
       'inputs': np.asarray(source_ids + [vocab.eos_id], np.int32),
       'decoder_inputs': np.asarray([vocab.bos_id] + target_ids, np.int32),
@@ -262,13 +262,15 @@ def make_eval_batches(source: Sequence[Mapping[str, str]], vocab: Vocab, *, sour
   sources = [pair[source_lang] for pair in pairs]
   references = [pair[target_lang] for pair in pairs]
   keep = max_length - 1  # Room for EOS (inputs, targets) or BOS (decoder_inputs).
-  source_ids, target_ids = vocab.encode_batch(sources), vocab.encode_batch(references)
+  source_ids, target_ids = vocab.encode_batch(sources), vocab.encode_target_batch(references)
   num_truncated = sum(len(s) > keep or len(t) > keep for s, t in zip(source_ids, target_ids))
   if num_truncated:
     logging.warning('Truncated %d of %d evaluation pairs to max_length=%d tokens.',
                     num_truncated, len(pairs), max_length)
   padded_size = -(-len(pairs) // batch_size) * batch_size
-  columns = {key: np.zeros((padded_size, max_length), np.int32) for key in (
+  # Token columns padded with the vocabulary's pad id: decoding derives the source mask from it.
+  columns = {key: np.full((padded_size, max_length), vocab.pad_id if key in SEQUENCE_KEYS else 0,
+                          np.int32) for key in (
       *SEQUENCE_KEYS, 'inputs_segmentation', 'inputs_position',
       'targets_segmentation', 'targets_position')}
   for row, (src, tgt) in enumerate(zip(source_ids, target_ids)):

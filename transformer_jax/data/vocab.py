@@ -60,6 +60,15 @@ class Vocab:
     """`encode` of many texts in one C++ call."""
     return self._processor.encode(list(texts), out_type=int)
 
+  # One model serves both sides: the target side encodes as the source does.
+  encode_target = encode
+  encode_target_batch = encode_batch
+
+  @property
+  def files(self) -> tuple[Path, ...]:
+    """The files this vocabulary is read from (hashed into checkpoints, copied on export)."""
+    return (self.path,)
+
   def decode(self, ids: Iterable[int]) -> str:
     """Text of `ids` up to the first EOS; PAD and BOS are dropped."""
     kept = []

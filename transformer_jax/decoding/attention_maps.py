@@ -13,7 +13,7 @@ def attention_maps(model, vocab, source: str, target: str) -> dict:
   'cross': [layers, heads, T, S]} as NumPy arrays.
   """
   src_ids = vocab.encode(source) + [vocab.eos_id]
-  tgt_ids = [vocab.bos_id] + vocab.encode(target)
+  tgt_ids = [vocab.bos_id] + vocab.encode_target(target)
   _, weights = model(np.asarray([src_ids], np.int32), np.asarray([tgt_ids], np.int32),
                      return_attention=True)
   piece = vocab.id_to_piece

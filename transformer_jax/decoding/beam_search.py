@@ -193,12 +193,16 @@ def _ranked_hypotheses(fin_tokens_BWL, fin_scores_BW, live_tokens_BWL, live_scor
 
 @register_method('beam_search')
 def beam_search(model, inputs_BS, *, beam_size: int, max_length: int, alpha: float = 0.6,
-                bos_id: int = 2, eos_id: int = 3, stop_early: bool = True) -> DecodeResult:
+                bos_id: int | None = None, eos_id: int | None = None,
+                stop_early: bool = True) -> DecodeResult:
   """Beam-search translation of inputs_BS [B, S]: the best hypothesis per sentence.
 
   Score = log P(Y | X) / ((5 + |Y|) / 6)^α; see `beam_search_from_step_fn`.
+  bos_id / eos_id: the model's (`model.cfg`) unless given.
   """
   step_fn, state = model_step_fn(model, inputs_BS, max_length, beam_size=beam_size)
   return beam_search_from_step_fn(step_fn, state, batch_size=inputs_BS.shape[0],
                                   beam_size=beam_size, max_length=max_length, alpha=alpha,
-                                  bos_id=bos_id, eos_id=eos_id, stop_early=stop_early)
+                                  bos_id=model.cfg.bos_id if bos_id is None else bos_id,
+                                  eos_id=model.cfg.eos_id if eos_id is None else eos_id,
+                                  stop_early=stop_early)

@@ -32,7 +32,7 @@ def greedy_from_step_fn(step_fn: StepFn, state: Any, *, batch_size: int, max_len
   `step_fn(tokens_B, step, state) -> (scores_BV, state)` may return logits or
   log-probabilities (argmax is the same, and the score normalises them:
   log p(y_t) = x[y_t] - logsumexp(x)). Rows that have produced eos keep
-  running (fixed shapes) but their outputs are replaced by pad_id and their
+  running (fixed shapes) but their outputs are replaced by pad_id (never generated) and their
   score stops growing. With stop_early, the loop ends once every row has
   produced eos. The score is log P(Y | X), with no length penalty.
   """
@@ -50,7 +50,8 @@ def greedy_from_step_fn(step_fn: StepFn, state: Any, *, batch_size: int, max_len
   def body(carry):
     step, last_B, finished_B, tokens_BL, logp_B, state = carry
     scores_BV, state = step_fn(last_B, step, state)
-    best_B = _argmax(scores_BV)
+    # pad is never generated; the score still normalises over the whole vocabulary.
+    best_B = _argmax(scores_BV.at[:, pad_id].set(-jnp.inf))
     scores_BV = scores_BV.astype(jnp.float32)
     token_logp_B = (jnp.take_along_axis(scores_BV, best_B[:, None], axis=1)[:, 0]
                     - jax.nn.logsumexp(scores_BV, axis=-1))
@@ -65,14 +66,18 @@ def greedy_from_step_fn(step_fn: StepFn, state: Any, *, batch_size: int, max_len
 
 @register_method('greedy')
 def greedy_decode(model, inputs_BS, *, max_length: int, beam_size: int = 1, alpha: float = 0.0,
-                  bos_id: int = 2, eos_id: int = 3, stop_early: bool = True) -> DecodeResult:
-  """Greedy translation of inputs_BS [B, S] (rows `tokens + [eos]`, 0-padded).
+                  bos_id: int | None = None, eos_id: int | None = None,
+                  stop_early: bool = True) -> DecodeResult:
+  """Greedy translation of inputs_BS [B, S] (rows `tokens + [eos]`, padded with pad_id).
 
   `beam_size` must be 1 and `alpha` is unused: greedy ranks nothing by length.
+  bos_id / eos_id: the model's (`model.cfg`) unless given.
   """
   if beam_size != 1:
     raise ValueError(f'greedy decoding keeps one hypothesis: beam_size must be 1, got {beam_size}')
   step_fn, state = model_step_fn(model, inputs_BS, max_length, log_probs=False)
   return greedy_from_step_fn(step_fn, state, batch_size=inputs_BS.shape[0],
-                             max_length=max_length, bos_id=bos_id, eos_id=eos_id,
+                             max_length=max_length,
+                             bos_id=model.cfg.bos_id if bos_id is None else bos_id,
+                             eos_id=model.cfg.eos_id if eos_id is None else eos_id,
                              pad_id=model.cfg.pad_id, stop_early=stop_early)

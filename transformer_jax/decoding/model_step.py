@@ -40,7 +40,11 @@ def model_step_fn(model, inputs_BS, max_length: int, *, beam_size: int = 1,
 
   def step_fn(tokens_N, step, self_kv):
     logits_NV, new_cache = model.decode_step(tokens_N, step, {**fixed, 'self_kv': self_kv})
-    scores_NV = jax.nn.log_softmax(logits_NV) if log_probs else logits_NV
+    if not log_probs:  # greedy: it keeps pad out of its argmax itself
+      return logits_NV, new_cache['self_kv']
+    # Padding is never generated. Masked after the softmax, as transformers' bad_words_ids
+    # does for OPUS-MT, so the other tokens' log-probabilities are what the model says.
+    scores_NV = jax.nn.log_softmax(logits_NV).at[:, model.cfg.pad_id].set(-jnp.inf)
     return scores_NV, new_cache['self_kv']
 
   return step_fn, cache['self_kv']

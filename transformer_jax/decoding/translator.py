@@ -54,20 +54,49 @@ class Translator:
 
   def __init__(self, workdir: str, checkpoint: str = 'best', ema: bool = True):
     self.workdir = WorkDir(workdir)
-    self.config = self.workdir.read_config()
-    self.vocab = self.workdir.load_vocab()
-    self.graphdef, abstract = config_lib.abstract_model(self.config, self.vocab.size)
+    config = self.workdir.read_config()
+    vocab = self.workdir.load_vocab()
+    graphdef, abstract = config_lib.abstract_model(config, vocab.size,
+                                                   **config_lib.special_ids(vocab))
     device = SingleDeviceSharding(jax.devices()[0])
     target = sharding.with_shardings(abstract, jax.tree.map(lambda _: device, abstract))
     checkpointer = self.workdir.checkpointer(read_only=True)
-    self.workdir.check_vocab_matches(checkpointer, self.vocab,
+    self.workdir.check_vocab_matches(checkpointer, vocab,
                                      resolve_steps(checkpointer, checkpoint)[-1])
-    self.params, self.checkpoint_description = select_params(checkpointer, target, checkpoint,
-                                                                 ema)
+    params, description = select_params(checkpointer, target, checkpoint, ema)
     checkpointer.close()
+    self._setup(config, vocab, graphdef, params, description)
+
+  def _setup(self, config, vocab, graphdef, params, description: str) -> None:
+    self.config, self.vocab, self.graphdef, self.params = config, vocab, graphdef, params
+    self.checkpoint_description = description
     self.max_length = config_lib.max_length(self.config)
     self._decoders = {}
     self.num_truncated = 0
+
+  @classmethod
+  def from_pretrained(cls, directory: str) -> 'Translator':
+    """A Hugging Face Marian model directory (e.g. OPUS-MT's), read offline.
+
+    The directory holds config.json, model.safetensors (or pytorch_model.bin), source.spm,
+    target.spm and vocab.json, as `MarianMTModel.save_pretrained` and the hub's OPUS-MT
+    downloads do. Decoding defaults to its generation_config's beam size and α = 0.6.
+    Needs `safetensors` (or torch for a .bin): `pip install 'transformer_jax[interop]'`.
+    """
+    from flax import nnx
+    from transformer_jax.interop.marian_import import load_pretrained
+    pre = load_pretrained(directory)
+    config = pre.config
+    config.data.source_lang, config.data.target_lang = pre.languages
+    config.eval.beam_size = pre.num_beams
+    graphdef, params = config_lib.abstract_model(config, pre.vocab.size,
+                                                 **config_lib.special_ids(pre.vocab))
+    nnx.replace_by_pure_dict(params, pre.params)
+    params = jax.device_put(params, SingleDeviceSharding(jax.devices()[0]))
+    translator = cls.__new__(cls)
+    translator.workdir = None
+    translator._setup(config, pre.vocab, graphdef, params, f'pretrained {directory}')
+    return translator
 
   def _decoder(self, beam_size: int, alpha: float, max_length: int):
     key = (beam_size, alpha, max_length)
@@ -126,7 +155,7 @@ class Translator:
     for start in range(0, len(order), batch_size):
       idx = order[start:start + batch_size]
       src_len = _bucket(max(len(sources[i]) for i in idx))
-      inputs = np.zeros((batch_size, src_len), np.int32)
+      inputs = np.full((batch_size, src_len), self.vocab.pad_id, np.int32)
       for row, i in enumerate(idx):
         inputs[row, :len(sources[i])] = sources[i]
       decode_len = min(self.max_length if max_length is None else max_length, self.max_length,

@@ -43,7 +43,18 @@ class _HeadsToOutput(nnx.Module):
     out_init = nnx.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal',
                                                  in_axis=(0, 1), out_axis=-1)
     self.w_o_HKD = param(rngs, out_init, (h, k, d), cfg.weight_dtype, ('heads', 'kv', 'embed'))
+    if cfg.attention_bias:
+      self.b_o_D = param(rngs, nnx.initializers.zeros, (d,), cfg.weight_dtype, ('embed',))
     self.cfg = cfg
+
+  def _bias(self, name: str, shape, logical_axes, rngs: nnx.Rngs, cfg: TransformerConfig):
+    """A zero-initialised projection bias, only when cfg.attention_bias (Marian has them)."""
+    if cfg.attention_bias:
+      setattr(self, name, param(rngs, nnx.initializers.zeros, shape, cfg.weight_dtype,
+                                logical_axes))
+
+  def _plus_bias(self, x, name: str):
+    return x + self._w(getattr(self, name)) if self.cfg.attention_bias else x
 
   def _w(self, p):
     return p[...].astype(self.cfg.compute_dtype)
@@ -62,7 +73,7 @@ class _HeadsToOutput(nnx.Module):
                                   dropout_rng=dropout_rng, return_weights=return_weights)
       out_BTHK, weights = out if return_weights else (out, None)
     y_BTD = jnp.einsum('bthk,hkd->btd', out_BTHK, self._w(self.w_o_HKD))
-    return y_BTD, weights
+    return self._plus_bias(y_BTD, 'b_o_D'), weights
 
   def attend_cached(self, q_N1HK, k_BHKS, v_BHSK, mask_B1TS):
     """One decoding step's attention over cached keys/values, then the output projection.
@@ -71,7 +82,8 @@ class _HeadsToOutput(nnx.Module):
     per key row (beams sharing their sentence's encoder keys). y [N, 1, D].
     """
     out_NHK = single_query_attention(q_N1HK[:, 0], k_BHKS, v_BHSK, mask_B1TS)
-    return jnp.einsum('nhk,hkd->nd', out_NHK, self._w(self.w_o_HKD))[:, None]
+    y_ND = jnp.einsum('nhk,hkd->nd', out_NHK, self._w(self.w_o_HKD))
+    return self._plus_bias(y_ND, 'b_o_D')[:, None]
 
 
 class SelfAttention(_HeadsToOutput):
@@ -82,10 +94,13 @@ class SelfAttention(_HeadsToOutput):
     self.w_qkv_D3HK = param(rngs, _projection_init(), (d, 3, h, k), cfg.weight_dtype,
                             ('embed', None, 'heads', 'kv'))
     self._init_output(cfg, rngs)
+    self._bias('b_qkv_3HK', (3, h, k), (None, 'heads', 'kv'), rngs, cfg)
 
   def project_qkv(self, x_BTD):
     """q, k, v each [B, T, H, K]."""
     qkv = jnp.einsum('btd,dahk->abthk', x_BTD, self._w(self.w_qkv_D3HK))
+    if self.cfg.attention_bias:
+      qkv = qkv + self._w(self.b_qkv_3HK)[:, None, None]
     return qkv[0], qkv[1], qkv[2]
 
   def __call__(self, x_BTD, mask_B1TS, *, dropout_rng=None, return_weights=False):
@@ -104,13 +119,17 @@ class CrossAttention(_HeadsToOutput):
     self.w_kv_D2HK = param(rngs, _projection_init(), (d, 2, h, k), cfg.weight_dtype,
                            ('embed', None, 'heads', 'kv'))
     self._init_output(cfg, rngs)
+    self._bias('b_q_HK', (h, k), ('heads', 'kv'), rngs, cfg)
+    self._bias('b_kv_2HK', (2, h, k), (None, 'heads', 'kv'), rngs, cfg)
 
   def project_q(self, x_BTD):
-    return jnp.einsum('btd,dhk->bthk', x_BTD, self._w(self.w_q_DHK))
+    return self._plus_bias(jnp.einsum('btd,dhk->bthk', x_BTD, self._w(self.w_q_DHK)), 'b_q_HK')
 
   def project_kv(self, memory_BSD):
     """Keys and values from the encoder output: each [B, S, H, K]."""
     kv = jnp.einsum('bsd,dahk->abshk', memory_BSD, self._w(self.w_kv_D2HK))
+    if self.cfg.attention_bias:
+      kv = kv + self._w(self.b_kv_2HK)[:, None, None]
     return kv[0], kv[1]
 
   def __call__(self, x_BTD, memory_BSD, mask_B1TS, *, dropout_rng=None, return_weights=False):

@@ -7,6 +7,8 @@ import jax.numpy as jnp
 
 _DTYPES = ('float32', 'bfloat16', 'float16')
 _ATTENTION_IMPLS = ('auto', 'xla', 'cudnn')
+ACTIVATIONS = ('relu', 'silu', 'gelu')          # FFN non-linearity (paper: relu; OPUS-MT: silu)
+POSITION_LAYOUTS = ('interleaved', 'halves')    # sin/cos channels: paper §3.5 | Marian, t2t
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +33,17 @@ class TransformerConfig:
   param_dtype: str = 'float32'
   attention_impl: str = 'auto'         # 'auto': cuDNN on GPU when possible, else 'xla'
   remat: bool = False                  # recompute layer activations in the backward pass
-  pad_id: int = 0
+  # Special ids come from the vocabulary (config_lib.special_ids); OPUS-MT: pad = bos = last id.
+  pad_id: int = 0                      # masked in attention, never generated
+  bos_id: int = 2                      # the decoder's start token
+  eos_id: int = 3
+  # Options that let the model express other post-LN Transformers (Marian / OPUS-MT):
+  activation: str = 'relu'
+  attention_bias: bool = False         # biases on the q, k, v and output projections
+  logits_bias: bool = False            # a trained bias added to the output logits
+  position_layout: str = 'interleaved'
+  layer_norm_eps: float = 1e-6         # Marian: 1e-5
+  scale_embedding: bool = True         # embeddings times sqrt(d_model) (paper §3.4)
 
   def __post_init__(self):
     def positive(name):
@@ -53,6 +65,16 @@ class TransformerConfig:
     for name in ('dtype', 'param_dtype'):
       if getattr(self, name) not in _DTYPES:
         raise ValueError(f'TransformerConfig.{name}={getattr(self, name)!r}; valid: {_DTYPES}')
+    for name, valid in (('activation', ACTIVATIONS), ('position_layout', POSITION_LAYOUTS)):
+      if getattr(self, name) not in valid:
+        raise ValueError(f'TransformerConfig.{name}={getattr(self, name)!r}; valid: {valid}')
+    for name in ('pad_id', 'bos_id', 'eos_id'):
+      if not 0 <= getattr(self, name) < self.vocab_size:
+        raise ValueError(f'TransformerConfig.{name}={getattr(self, name)} is not an id of the '
+                         f'vocabulary (size {self.vocab_size})')
+    if not 0.0 < self.layer_norm_eps < 1.0:
+      raise ValueError(f'TransformerConfig.layer_norm_eps must be in (0, 1), got '
+                       f'{self.layer_norm_eps}')
     if self.attention_impl not in _ATTENTION_IMPLS:
       raise ValueError(f'TransformerConfig.attention_impl={self.attention_impl!r}; '
                        f'valid: {_ATTENTION_IMPLS}')

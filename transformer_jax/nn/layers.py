@@ -23,11 +23,11 @@ def param(rngs: nnx.Rngs, init, shape, dtype, logical_axes) -> nnx.Param:
 class LayerNorm(nnx.Module):
   """Layer normalisation (Ba et al. 2016), statistics in float32."""
 
-  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs, eps: float = 1e-6):
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
     d = cfg.d_model
     self.scale = param(rngs, nnx.initializers.ones, (d,), cfg.weight_dtype, ('embed',))
     self.bias = param(rngs, nnx.initializers.zeros, (d,), cfg.weight_dtype, ('embed',))
-    self.eps = eps
+    self.eps = cfg.layer_norm_eps
 
   def __call__(self, x_BTD):
     x = x_BTD.astype(jnp.float32)
@@ -38,8 +38,13 @@ class LayerNorm(nnx.Module):
     return y.astype(x_BTD.dtype)
 
 
+_ACTIVATIONS = {'relu': jax.nn.relu, 'silu': jax.nn.silu,
+                # torch's and Marian's GELU is the exact erf form, not the tanh approximation
+                'gelu': lambda x: jax.nn.gelu(x, approximate=False)}
+
+
 class FeedForward(nnx.Module):
-  """FFN(x) = max(0, x·W1 + b1)·W2 + b2   (paper eq. 2)."""
+  """FFN(x) = max(0, x·W1 + b1)·W2 + b2   (paper eq. 2; cfg.activation replaces the max)."""
 
   def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
     d, f = cfg.d_model, cfg.d_ff
@@ -52,7 +57,7 @@ class FeedForward(nnx.Module):
 
   def __call__(self, x_BTD, dropout_rng=None):
     dt = self.cfg.compute_dtype
-    h_BTF = jax.nn.relu(x_BTD @ self.w1_DF[...].astype(dt) + self.b1_F[...].astype(dt))
+    h_BTF = _ACTIVATIONS[self.cfg.activation](x_BTD @ self.w1_DF[...].astype(dt) + self.b1_F[...].astype(dt))
     h_BTF = dropout(h_BTF, self.cfg.relu_dropout_rate, dropout_rng)
     return h_BTF @ self.w2_FD[...].astype(dt) + self.b2_D[...].astype(dt)
 

@@ -47,3 +47,13 @@ def combine_masks(*masks: jax.Array | None) -> jax.Array | None:
 def segments_from_tokens(tokens_BT: jax.Array, pad_id: int = 0) -> jax.Array:
   """Segment ids for unpacked rows: 1 on real tokens, 0 on padding."""
   return (tokens_BT != pad_id).astype(jnp.int32)
+
+
+def decoder_segments_from_tokens(decoder_inputs_BT: jax.Array, pad_id: int = 0) -> jax.Array:
+  """`segments_from_tokens` of unpacked decoder inputs, with position 0 always real.
+
+  Position 0 holds the decoder's start token, which Marian / OPUS-MT models take to be the
+  padding id itself: it must still be attended to.
+  """
+  first_T = jnp.arange(decoder_inputs_BT.shape[-1]) == 0
+  return ((decoder_inputs_BT != pad_id) | first_T).astype(jnp.int32)

@@ -106,20 +106,29 @@ class Transformer(nnx.Module):
     if cfg.pre_ln:  # pre-LN leaves the residual stream un-normalised: normalise once at the end.
       self.encoder_norm = LayerNorm(cfg, rngs=rngs)
       self.decoder_norm = LayerNorm(cfg, rngs=rngs)
+    if cfg.logits_bias:  # Marian's final_logits_bias
+      self.logits_bias_V = param(rngs, nnx.initializers.zeros, (cfg.vocab_size,),
+                                 cfg.weight_dtype, ('vocab',))
     self.cfg = cfg
 
   # -- pieces ---------------------------------------------------------------
   def embed(self, tokens_BT, positions_BT, dropout_rng=None):
     cfg = self.cfg
     emb_VD = self.embedding_VD[...].astype(cfg.compute_dtype)
-    x_BTD = jnp.take(emb_VD, tokens_BT, axis=0) * jnp.asarray(cfg.d_model ** 0.5, cfg.compute_dtype)
-    x_BTD = x_BTD + sinusoidal_encoding(positions_BT, cfg.d_model).astype(cfg.compute_dtype)
+    x_BTD = jnp.take(emb_VD, tokens_BT, axis=0)
+    if cfg.scale_embedding:
+      x_BTD = x_BTD * jnp.asarray(cfg.d_model ** 0.5, cfg.compute_dtype)
+    pe_BTD = sinusoidal_encoding(positions_BT, cfg.d_model, cfg.position_layout)
+    x_BTD = x_BTD + pe_BTD.astype(cfg.compute_dtype)
     return dropout(x_BTD, cfg.dropout_rate, dropout_rng)
 
   def logits(self, y_BTD):
     """Output projection tied to the embedding; float32 logits for a stable loss."""
     emb_VD = self.embedding_VD[...].astype(self.cfg.compute_dtype)
-    return tied_logits(y_BTD, emb_VD)
+    logits = tied_logits(y_BTD, emb_VD)
+    if self.cfg.logits_bias:
+      logits = logits + self.logits_bias_V[...].astype(jnp.float32)
+    return logits
 
   def _maybe_remat(self, fn):
     return jax.checkpoint(fn) if self.cfg.remat else fn
@@ -147,7 +156,7 @@ class Transformer(nnx.Module):
              targets_position=None, dropout_rng=None, return_weights=False):
     """Teacher-forced decoder: logits [B, T, V] for every target position."""
     cfg = self.cfg
-    tgt_seg = (masks.segments_from_tokens(decoder_inputs_BT, cfg.pad_id)
+    tgt_seg = (masks.decoder_segments_from_tokens(decoder_inputs_BT, cfg.pad_id)
                if targets_segmentation is None else targets_segmentation)
     pos = (jnp.broadcast_to(jnp.arange(decoder_inputs_BT.shape[1]), decoder_inputs_BT.shape)
            if targets_position is None else targets_position)

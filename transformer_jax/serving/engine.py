@@ -203,7 +203,7 @@ class Engine:
                        f'largest batch at beam {beam_size} '
                        f'({self.max_rows(source_bucket, beam_size)} rows)')
     rows = self.rows_bucket(len(sources))
-    inputs_BS = np.zeros((rows, source_bucket), np.int32)
+    inputs_BS = np.full((rows, source_bucket), self.vocab.pad_id, np.int32)
     for row, ids in enumerate(sources):
       inputs_BS[row, :len(ids)] = ids
     fn = self._translate_fn(beam_size, rows, source_bucket)
@@ -211,7 +211,8 @@ class Engine:
                                               np.float32(alpha)))
     out = []
     for row in range(len(sources)):
-      hyps = [Hypothesis(_until_eos(tokens_BWL[row, w], self.vocab.eos_id),
+      hyps = [Hypothesis(_until_eos(tokens_BWL[row, w], self.vocab.eos_id,
+                                    self.vocab.pad_id),
                          float(scores_BW[row, w]))
               for w in range(tokens_BWL.shape[1]) if scores_BW[row, w] > NEG_INF]
       out.append(Translation(hyps[0], hyps))
@@ -230,9 +231,9 @@ class Engine:
     outputs = (target_ids + [self.vocab.eos_id])[:len(decoder_inputs)]
     s, t = len(source_ids), len(decoder_inputs)
     source_bucket, target_bucket = self.source_bucket(s), self.source_bucket(t)
-    inputs_1S = np.zeros((1, source_bucket), np.int32)
+    inputs_1S = np.full((1, source_bucket), self.vocab.pad_id, np.int32)
     inputs_1S[0, :s] = source_ids
-    decoder_inputs_1T = np.zeros((1, target_bucket), np.int32)
+    decoder_inputs_1T = np.full((1, target_bucket), self.vocab.pad_id, np.int32)
     decoder_inputs_1T[0, :t] = decoder_inputs
     fn = self._attention_fn(source_bucket, target_bucket)
     enc, dec, cross = jax.device_get(fn(self.translator.params, inputs_1S, decoder_inputs_1T))
@@ -242,7 +243,7 @@ class Engine:
             'cross': cross[:, :, :t, :s]}
 
 
-def _until_eos(tokens_L: np.ndarray, eos_id: int) -> list[int]:
+def _until_eos(tokens_L: np.ndarray, eos_id: int, pad_id: int) -> list[int]:
   """A hypothesis's tokens up to (not including) eos: what vocab.decode turns into text."""
   tokens = tokens_L.tolist()
-  return tokens[:tokens.index(eos_id)] if eos_id in tokens else [t for t in tokens if t]
+  return tokens[:tokens.index(eos_id)] if eos_id in tokens else [t for t in tokens if t != pad_id]

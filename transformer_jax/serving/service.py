@@ -173,7 +173,7 @@ class Service:
       target_ids, target = translation.best.tokens, engine.detokenize(translation.best.tokens)
     else:
       target = body.target
-      target_ids = engine.vocab.encode(target) if target.strip() else []
+      target_ids = engine.vocab.encode_target(target) if target.strip() else []
     try:
       weights = await asyncio.wait_for(
           self.batcher.run_in_worker(engine.attention, source.ids, target_ids), budget_s)

@@ -86,7 +86,7 @@ def build_run(config, workdir: str, *,
 def _build(config, workdir: WorkDir, mesh, make_train_iterator: Callable, lock) -> Run:
   splits, vocab = load_data(config, workdir)
   src, tgt = config.data.source_lang, config.data.target_lang
-  model = config_lib.build_model(config, vocab.size)
+  model = config_lib.build_model(config, vocab.size, **config_lib.special_ids(vocab))
   tx, schedule = make_optimizer(config.optimizer, d_model=config.model.d_model,
                                 total_steps=config.num_train_steps)
   graphdef, state = init_train_state(model, tx, ema=config.ema_decay > 0)
