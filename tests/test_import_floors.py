@@ -15,10 +15,14 @@ ALLOWED = {
     'errors': set(),
     'configs': set(),
     'floor1': {'nn', 'data', 'errors', 'text_files'},
-    'decoding': {'floor1', 'nn', 'data', 'errors', 'text_files'},
-    'training': {'decoding', 'floor1', 'nn', 'data', 'errors', 'text_files'},
+    # Models in and out (Marian, CTranslate2): on floor 1's level, so that the Translator
+    # (from_pretrained) and the trainer (init_from) can read a checkpoint through it.
+    'interop': {'floor1', 'nn', 'data', 'errors', 'text_files', 'configs'},
+    'decoding': {'interop', 'floor1', 'nn', 'data', 'errors', 'text_files'},
+    'training': {'decoding', 'interop', 'floor1', 'nn', 'data', 'errors', 'text_files'},
     'serving': {'decoding', 'floor1', 'nn', 'data', 'errors', 'text_files'},
-    'cli': {'serving', 'training', 'decoding', 'floor1', 'nn', 'data', 'errors', 'text_files', 'configs'},
+    'cli': {'serving', 'training', 'decoding', 'interop', 'floor1', 'nn', 'data', 'errors',
+            'text_files', 'configs'},
 }
 FLOOR1 = {'config_lib', 'sharding', 'checkpointing', 'checkpoint_integrity',
           'checkpoint_selection', 'workdir', 'workdir_lock', 'scoring'}

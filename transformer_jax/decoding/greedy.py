@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from transformer_jax.decoding.methods import DecodeResult, lengths_from_tokens, register_method
-from transformer_jax.decoding.model_step import StepFn, model_step_fn
+from transformer_jax.decoding.model_step import StepFn, model_step_fn, never_generated
 
 
 def _argmax(scores_BV):
@@ -26,6 +26,7 @@ def _argmax(scores_BV):
 
 def greedy_from_step_fn(step_fn: StepFn, state: Any, *, batch_size: int, max_length: int,
                         bos_id: int = 2, eos_id: int = 3, pad_id: int = 0,
+                        banned_ids: tuple[int, ...] = (0,),
                         stop_early: bool = True) -> DecodeResult:
   """Greedy decoding: y_t = argmax_v step_fn(y_{t-1}, t)[v], starting from bos.
 
@@ -50,8 +51,9 @@ def greedy_from_step_fn(step_fn: StepFn, state: Any, *, batch_size: int, max_len
   def body(carry):
     step, last_B, finished_B, tokens_BL, logp_B, state = carry
     scores_BV, state = step_fn(last_B, step, state)
-    # pad is never generated; the score still normalises over the whole vocabulary.
-    best_B = _argmax(scores_BV.at[:, pad_id].set(-jnp.inf))
+    # Some ids are never generated (model_step.never_generated); the score still normalises
+    # over the whole vocabulary.
+    best_B = _argmax(scores_BV.at[:, list(banned_ids)].set(-jnp.inf))
     scores_BV = scores_BV.astype(jnp.float32)
     token_logp_B = (jnp.take_along_axis(scores_BV, best_B[:, None], axis=1)[:, 0]
                     - jax.nn.logsumexp(scores_BV, axis=-1))
@@ -80,4 +82,5 @@ def greedy_decode(model, inputs_BS, *, max_length: int, beam_size: int = 1, alph
                              max_length=max_length,
                              bos_id=model.cfg.bos_id if bos_id is None else bos_id,
                              eos_id=model.cfg.eos_id if eos_id is None else eos_id,
-                             pad_id=model.cfg.pad_id, stop_early=stop_early)
+                             pad_id=model.cfg.pad_id,
+                             banned_ids=tuple(never_generated(model.cfg)), stop_early=stop_early)

@@ -18,6 +18,11 @@ import jax.numpy as jnp
 StepFn = Callable[[jax.Array, jax.Array, Any], tuple[jax.Array, Any]]
 
 
+def never_generated(cfg) -> list[int]:
+  """Ids no decoder emits: padding (OPUS-MT's decoder start token is padding too)."""
+  return [cfg.pad_id]
+
+
 def model_step_fn(model, inputs_BS, max_length: int, *, beam_size: int = 1,
                   log_probs: bool = True) -> tuple[StepFn, Any]:
   """The model as a step function over N = B·beam_size rows, and its initial state.
@@ -44,7 +49,7 @@ def model_step_fn(model, inputs_BS, max_length: int, *, beam_size: int = 1,
       return logits_NV, new_cache['self_kv']
     # Padding is never generated. Masked after the softmax, as transformers' bad_words_ids
     # does for OPUS-MT, so the other tokens' log-probabilities are what the model says.
-    scores_NV = jax.nn.log_softmax(logits_NV).at[:, model.cfg.pad_id].set(-jnp.inf)
+    scores_NV = jax.nn.log_softmax(logits_NV).at[:, never_generated(model.cfg)].set(-jnp.inf)
     return scores_NV, new_cache['self_kv']
 
   return step_fn, cache['self_kv']
