@@ -45,6 +45,7 @@ def get_config():
   config.time_limit_minutes = 90.0  # >0: stop (and save) after this much training wall time
   config.ema_decay = 0.995           # >0: keep an EMA of the params; evaluate and translate with it
   config.allow_resume_with_changes = False  # True: resume although optimizer values or the seed changed
+  config.init_from = ''              # a Marian / OPUS-MT directory: fine-tune it (its architecture and tokenizer)
 
   config.data = _data()
   config.model = _model()

@@ -84,9 +84,11 @@ class Translator:
     Needs `safetensors` (or torch for a .bin): `pip install 'transformer_jax[interop]'`.
     """
     from flax import nnx
-    from transformer_jax.interop.marian_import import load_pretrained
+    from transformer_jax.interop.marian_import import DECODE_LENGTH_CAP, load_pretrained
     pre = load_pretrained(directory)
     config = pre.config
+    length = min(pre.max_positions, DECODE_LENGTH_CAP)
+    config.data.max_length, config.eval.max_decode_length = length, length
     config.data.source_lang, config.data.target_lang = pre.languages
     config.eval.beam_size = pre.num_beams
     graphdef, params = config_lib.abstract_model(config, pre.vocab.size,

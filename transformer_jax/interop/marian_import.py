@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
+import shutil
 from typing import Any
 
 import ml_collections
@@ -55,15 +56,30 @@ class Pretrained:
 
 def with_architecture(config: ml_collections.ConfigDict,
                       pre: Pretrained) -> ml_collections.ConfigDict:
-  """`config` with the model section's architecture (and the vocabulary size) of `pre`."""
+  """`config` with the model section's architecture (and the vocabulary size) of `pre`;
+  regularisation, numerics and everything else stay the config's own."""
   config = ml_collections.ConfigDict(config.to_dict())
   for key in ARCHITECTURE_KEYS:
     config.model[key] = pre.model_options[key]
   config.data.vocab_size = pre.vocab.size
-  length = min(pre.max_positions, DECODE_LENGTH_CAP)
-  config.data.max_length = min(config.data.max_length, length)
-  config.eval.max_decode_length = length
   return config
+
+
+def copy_tokenizer(pre: Pretrained, vocab_dir: str | os.PathLike) -> MarianVocab:
+  """The pretrained tokenizer's files (and config.json, for its start token) in `vocab_dir`.
+
+  Files already there are kept: a resumed fine-tuning run reads the copy it started with
+  (and its checkpoints' vocabulary hash says whether that copy is intact).
+  """
+  vocab_dir = Path(vocab_dir)
+  vocab_dir.mkdir(parents=True, exist_ok=True)
+  for f in (*pre.vocab.files, pre.directory / 'config.json'):
+    target = vocab_dir / f.name
+    if not target.exists():
+      staging = vocab_dir / f'.{f.name}.tmp'
+      shutil.copyfile(f, staging)
+      os.replace(staging, target)  # never half a file under the real name
+  return MarianVocab(vocab_dir)
 
 
 def _read_json(path: Path) -> dict:

@@ -19,6 +19,7 @@ from jax.experimental import multihost_utils
 
 from transformer_jax import config_lib, sharding
 from transformer_jax.data import pipeline, registry
+from transformer_jax.errors import UserError
 from transformer_jax.training.metrics_writer import truncate_metrics
 from transformer_jax.training.train_step import (eval_step, init_train_state, make_optimizer,
                                                  train_step)
@@ -47,8 +48,9 @@ class Run:
   lock: Any = None      # WorkDirLock held by process 0 until train_loop ends
 
 
-def load_data(config, workdir: WorkDir):
-  """(splits, vocab): process 0 prepares the data and trains the vocabulary; the others wait."""
+def load_data(config, workdir: WorkDir, pretrained=None):
+  """(splits, vocab): process 0 prepares the data and trains the vocabulary (or copies the
+  pretrained model's tokenizer); the others wait."""
   is_chief = jax.process_index() == 0
   if is_chief:  # one writer for config.json and the vocabulary; the others wait, then read
     workdir.write_or_check_config(config)
@@ -60,6 +62,13 @@ def load_data(config, workdir: WorkDir):
     multihost_utils.sync_global_devices('data prepared')
   if not is_chief:
     splits = registry.load_splits(config.data)
+  if pretrained is not None:
+    from transformer_jax.interop.marian_import import copy_tokenizer
+    if is_chief:
+      copy_tokenizer(pretrained, workdir.vocab_dir)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices('tokenizer copied')
+    return splits, workdir.load_vocab()
   vocab = workdir.load_or_train_vocab(config, splits[registry.TRAIN] if is_chief else None,
                                       wait_for_chief=jax.process_count() > 1)
   return splits, vocab
@@ -69,6 +78,14 @@ def build_run(config, workdir: str, *,
               make_train_iterator: Callable = pipeline.make_train_iterator) -> Run:
   """Checks `config`, locks `workdir`, builds everything, and resumes from its newest intact
   checkpoint if any. Process 0 holds the work directory's lock until train_loop ends."""
+  pretrained = None
+  if config.get('init_from'):  # fine-tuning: the checkpoint decides the architecture
+    from transformer_jax.interop.marian_import import load_pretrained, with_architecture
+    try:
+      pretrained = load_pretrained(config.init_from)
+    except UserError as e:
+      raise config_lib.ConfigError(f'config key `init_from` = {config.init_from!r}: {e}') from None
+    config = with_architecture(config, pretrained)
   config_lib.validate(config)
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_rows(config.batch_tokens // config.data.max_length, mesh)
@@ -76,17 +93,20 @@ def build_run(config, workdir: str, *,
   workdir = WorkDir(workdir)
   lock = workdir.lock().acquire() if jax.process_index() == 0 else None
   try:
-    return _build(config, workdir, mesh, make_train_iterator, lock)
+    return _build(config, workdir, mesh, make_train_iterator, lock, pretrained)
   except BaseException:
     if lock is not None:
       lock.release()
     raise
 
 
-def _build(config, workdir: WorkDir, mesh, make_train_iterator: Callable, lock) -> Run:
-  splits, vocab = load_data(config, workdir)
+def _build(config, workdir: WorkDir, mesh, make_train_iterator: Callable, lock,
+           pretrained=None) -> Run:
+  splits, vocab = load_data(config, workdir, pretrained)
   src, tgt = config.data.source_lang, config.data.target_lang
   model = config_lib.build_model(config, vocab.size, **config_lib.special_ids(vocab))
+  if pretrained is not None:  # a checkpoint of the run, if any, replaces these below
+    _load_pretrained_params(model, pretrained.params)
   tx, schedule = make_optimizer(config.optimizer, d_model=config.model.d_model,
                                 total_steps=config.num_train_steps)
   graphdef, state = init_train_state(model, tx, ema=config.ema_decay > 0)
@@ -117,6 +137,16 @@ def _build(config, workdir: WorkDir, mesh, make_train_iterator: Callable, lock) 
              eval_data=eval_data, checkpointer=checkpointer, meta=meta,
              dropout_key=jax.random.key(config.seed), train_step=step_fn, eval_step=eval_fn,
              is_chief=jax.process_index() == 0, lock=lock)
+
+
+def _load_pretrained_params(model, params: dict) -> None:
+  """Sets the model's weights to the imported ones (cast to the model's param dtype)."""
+  from flax import nnx
+  _, state = nnx.split(model, nnx.Param)
+  dtypes = nnx.to_pure_dict(jax.tree.map(lambda x: x.dtype, state))
+  nnx.replace_by_pure_dict(state, jax.tree.map(lambda w, dt: jax.numpy.asarray(w, dt),
+                                               params, dtypes))
+  nnx.update(model, state)
 
 
 def _resume(checkpointer, state, state_sh, train_iter, meta):
