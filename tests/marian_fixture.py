@@ -18,6 +18,13 @@ def corpus(count=600):
   return toy_pairs(count, 5, min_words=3, max_words=12)
 
 
+def varied_marian_options() -> dict:
+  """random_marian options under which greedy translations differ from source to source and
+  some (not all) end within a few dozen tokens: weights at init_std 0.2 (at transformers' 0.02
+  the logits bias alone picks every token) and an EOS bias tuned to the corpus' vocabulary."""
+  return dict(init_std=0.2, eos_boost=5.5 if real_multi30k_dir() is not None else 2.5)
+
+
 def _train_spm(sentences, vocab_size, path: Path):
   model = io.BytesIO()
   spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_writer=model,
@@ -46,7 +53,8 @@ def write_tokenizer(directory: Path, pairs, pieces_per_side=150) -> dict[str, in
 
 
 def random_marian(directory: Path, *, seed=0, layers=2, d_model=64, heads=4, ffn=128,
-                  activation='swish', pairs=None, eos_boost=0.0):
+                  activation='swish', pairs=None, eos_boost=0.0, max_positions=128,
+                  init_std=0.02):
   """Saves a random MarianMTModel and its MarianTokenizer in `directory`; returns both."""
   import torch
   from transformers import MarianConfig, MarianMTModel, MarianTokenizer
@@ -57,8 +65,8 @@ def random_marian(directory: Path, *, seed=0, layers=2, d_model=64, heads=4, ffn
       vocab_size=len(ids), decoder_vocab_size=len(ids), d_model=d_model, encoder_layers=layers,
       decoder_layers=layers, encoder_attention_heads=heads, decoder_attention_heads=heads,
       encoder_ffn_dim=ffn, decoder_ffn_dim=ffn, activation_function=activation,
-      max_position_embeddings=128, scale_embedding=True, pad_token_id=pad, eos_token_id=0,
-      decoder_start_token_id=pad, forced_eos_token_id=None, dropout=0.1)
+      max_position_embeddings=max_positions, scale_embedding=True, pad_token_id=pad, eos_token_id=0,
+      decoder_start_token_id=pad, forced_eos_token_id=None, dropout=0.1, init_std=init_std)
   torch.manual_seed(seed)
   model = MarianMTModel(config).eval()
   generator = torch.Generator().manual_seed(seed)

@@ -16,14 +16,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 class ServeProcess:
-  """`python serve.py --workdir W --port 0 ...`; its stderr is collected line by line."""
+  """`python serve.py --workdir W --port 0 ...` (`--pretrained` for a Marian directory); its
+  stderr is collected line by line."""
 
   TEST_SHAPES = ('--beam_sizes=1,2', '--batch_rows=1,4,8')  # few shapes: a quick start-up
 
-  def __init__(self, workdir, compile_cache, *extra_flags: str, shapes=TEST_SHAPES):
+  def __init__(self, workdir, compile_cache, *extra_flags: str, shapes=TEST_SHAPES,
+               model_flag='--workdir'):
     self.lines: list[str] = []
     self.process = subprocess.Popen(
-        [sys.executable, str(REPO / 'serve.py'), f'--workdir={workdir}', '--port=0',
+        [sys.executable, str(REPO / 'serve.py'), f'{model_flag}={workdir}', '--port=0',
          *shapes, f'--compile_cache={compile_cache}', *extra_flags],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         env={**os.environ, 'JAX_PLATFORMS': 'cpu'})

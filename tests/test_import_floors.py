@@ -72,7 +72,24 @@ def test_the_model_the_config_check_and_the_registry_load_no_data_checkpoint_or_
             'from transformer_jax.data import registry\n'
             "assert 'multi30k' in registry.dataset_names()\n"
             "print(sorted(m for m in ('grain', 'tensorflow_datasets', 'orbax', 'tensorflow', "
-            "'fastapi', 'uvicorn', 'starlette', 'transformers', 'torch', 'ctranslate2') "
+            "'fastapi', 'uvicorn', 'starlette', 'transformers', 'torch', 'ctranslate2', "
+            "'safetensors') "
+            'if m in sys.modules))')
+  result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                          timeout=120, cwd=PACKAGE.parent)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.strip() == '[]'
+
+
+def test_the_interop_modules_import_their_libraries_only_when_used():
+  """The interop extra (transformers, torch, safetensors, ctranslate2) is optional: a Translator
+  and every interop module import without it; only reading, writing or converting needs it."""
+  script = ('import sys\n'
+            'from transformer_jax import Translator\n'
+            'from transformer_jax.interop import ctranslate2, marian_export, marian_format, '
+            'marian_import\n'
+            'from transformer_jax.cli import inputs, translate\n'
+            "print(sorted(m for m in ('transformers', 'torch', 'ctranslate2', 'safetensors') "
             'if m in sys.modules))')
   result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
                           timeout=120, cwd=PACKAGE.parent)

@@ -1,4 +1,4 @@
-"""Export parity: a tiny model (interleaved positions) exported to Marian gives
+"""Export parity: a tiny model (interleaved positions; trained, and untrained) exported to Marian gives
 our logits in transformers, the same greedy translations in transformers and CTranslate2, and
 imports back to the same parameters; a pre-LN model is refused; and fine-tuning starts from an
 imported OPUS-MT-like model."""
@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-torch = pytest.importorskip('torch')  # the interop extra (in dev): CI has it, so this runs
-transformers = pytest.importorskip('transformers')
-ctranslate2_lib = pytest.importorskip('ctranslate2')
+# The interop extra (in dev): imported, not importorskip'd, so that without it these fail.
+import torch  # noqa: E402
+import transformers  # noqa: E402
+import ctranslate2 as ctranslate2_lib  # noqa: E402
 
+from conftest import build_once  # noqa: E402
 from marian_fixture import padded_batch, random_marian  # noqa: E402
 from run_helpers import train, train_records  # noqa: E402
 from transformer_jax import Translator  # noqa: E402
@@ -24,16 +26,25 @@ from transformer_jax.interop.marian_export import ExportError, export_translator
 from transformer_jax.interop.marian_format import MarianFormatError  # noqa: E402
 from transformer_jax.interop.marian_import import load_pretrained  # noqa: E402
 
+STEPS = 300
 MAX_NEW = 24
 
 
-@pytest.fixture(scope='module')
-def trained(untrained_run, tmp_path_factory):
-  """A complete work directory (interleaved positions) exported to Marian. Its weights are the
-  random initialisation: its translations differ from sentence to sentence, where a model trained
-  a few hundred steps on the toy corpus answers nearly all with the same tokens, which would make
-  "transformers translates as ours" hard to fail."""
-  translator = Translator(str(untrained_run), 'latest')
+@pytest.fixture(scope='module', params=['trained', 'untrained'])
+def trained(request, corpus, compile_cache, untrained_run, tmp_path_factory):
+  """A complete work directory (interleaved positions) exported to Marian: one trained STEPS
+  steps (its translations are words), and one still at its random initialisation (its
+  translations differ from sentence to sentence, where the tiny trained model answers nearly
+  all with the same tokens: equality alone would be easy to pass with it)."""
+  if request.param == 'trained':
+    def build(directory):
+      train(corpus, directory / 'run', num_train_steps=STEPS, checkpoint_every_steps=STEPS,
+            eval_every_steps=STEPS, optimizer__cooldown_steps=0, optimizer__schedule='rsqrt')
+      return str(directory / 'run')
+    run = build_once(tmp_path_factory, f'trained_{STEPS}', build)
+  else:
+    run = str(untrained_run)
+  translator = Translator(run, 'latest')
   assert translator.config.model.position_layout == 'interleaved'
   out = export_translator(translator, tmp_path_factory.mktemp('export') / 'marian')
   return translator, out
@@ -70,7 +81,7 @@ def test_transformers_logits_equal_ours(trained, corpus):
   assert np.abs(got - ref)[real].max() <= 1e-4 * np.abs(ref[real]).max()
 
 
-def test_transformers_generate_translates_as_ours(trained, corpus):
+def test_transformers_generate_translates_as_ours(trained, corpus, request):
   translator, out = trained
   model = transformers.MarianMTModel.from_pretrained(out).eval()
   tokenizer = transformers.MarianTokenizer.from_pretrained(out)
@@ -81,7 +92,8 @@ def test_transformers_generate_translates_as_ours(trained, corpus):
   ref = [r[1:] for r in generated.tolist()]  # generation_config: bad_words_ids = [[pad]]
   ref = [r[:r.index(translator.vocab.eos_id)] if translator.vocab.eos_id in r else r for r in ref]
   ours = _ours_tokens(translator, sources)
-  assert len({tuple(r) for r in ours}) >= 4  # else equality would be hard to fail
+  if request.node.callspec.params['trained'] == 'untrained':
+    assert len({tuple(r) for r in ours}) >= 4  # translations differ, so equality can fail
   assert ours == ref
   assert ([translator.vocab.decode(r) for r in ours]
           == tokenizer.batch_decode(generated, skip_special_tokens=True))

@@ -58,3 +58,27 @@ def load_translator(workdir: str, checkpoint: str, ema: bool):
     about_checkpoint = str(e).startswith(('checkpoint ', 'no checkpoint for step'))
     flag = f'--checkpoint={checkpoint}' if about_checkpoint else f'--workdir={workdir}'
     raise app.UsageError(f'{flag}: {e}') from None
+
+
+def load_translator_from_flags(workdir: str | None, pretrained: str | None, checkpoint: str,
+                               ema: bool):
+  """The Translator of exactly one of --workdir (a run of train.py) or --pretrained (a Hugging
+  Face Marian / OPUS-MT directory)."""
+  if bool(workdir) == bool(pretrained):
+    raise app.UsageError('give exactly one of --workdir (a work directory written by train.py) '
+                         'or --pretrained (a Hugging Face Marian / OPUS-MT model directory)')
+  if workdir:
+    return load_translator(workdir, checkpoint, ema)
+  return load_pretrained_translator(pretrained)
+
+
+def load_pretrained_translator(directory: str):
+  """Translator.from_pretrained(--pretrained); each error names the flag."""
+  from transformer_jax.decoding.translator import Translator
+  try:
+    return Translator.from_pretrained(directory)
+  except ImportError as e:
+    raise app.UsageError(f'--pretrained={directory}: reading it needs the interop extra '
+                         f"({e.name} is missing): pip install -e '.[interop]'") from None
+  except (FileNotFoundError, ValueError) as e:
+    raise app.UsageError(f'--pretrained={directory}: {e}') from None

@@ -1,6 +1,8 @@
-"""`python serve.py` / `transformer-jax-serve`: serve a trained work directory over HTTP.
+"""`python serve.py` / `transformer-jax-serve`: serve a trained work directory (or a Hugging
+Face Marian / OPUS-MT model directory, --pretrained) over HTTP.
 
   python serve.py --workdir runs/multi30k_en_de            # then open http://127.0.0.1:8000/
+  python serve.py --pretrained opus-mt-en-de
   curl -s localhost:8000/v1/translate -H 'Content-Type: application/json' \
       -d '{"texts": ["A man is riding a bike."], "beam_size": 4, "n_best": 2}'
 
@@ -19,7 +21,9 @@ from absl import app, flags
 
 from transformer_jax.cli.errors import report_user_errors
 
-flags.DEFINE_string('workdir', None, 'Work directory written by train.py.', required=True)
+flags.DEFINE_string('workdir', None, 'Work directory written by train.py.')
+flags.DEFINE_string('pretrained', None, 'Instead of --workdir: a Hugging Face Marian / OPUS-MT '
+                    'model directory, read offline; needs the interop extra.')
 flags.DEFINE_string('checkpoint', 'best', 'best | latest | <step> | average:N')
 flags.DEFINE_bool('ema', True, 'Use the EMA params when the run kept them.')
 flags.DEFINE_string('host', '127.0.0.1', 'Address to listen on (0.0.0.0: every interface).')
@@ -84,7 +88,7 @@ def main(argv):
     raise app.UsageError(f'serving needs the serve extra ({e.name} is missing): '
                          "pip install -e '.[serve]'") from None
   import jax
-  from transformer_jax.cli.inputs import load_translator
+  from transformer_jax.cli.inputs import load_translator_from_flags
   from transformer_jax.cli.logs import quiet_libraries
   from transformer_jax.serving.batcher import BatcherSettings
   from transformer_jax.serving.engine import Engine, EngineSettings
@@ -103,7 +107,8 @@ def main(argv):
     os.makedirs(FLAGS.compile_cache, exist_ok=True)
     jax.config.update('jax_compilation_cache_dir', FLAGS.compile_cache)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
-  translator = load_translator(FLAGS.workdir, FLAGS.checkpoint, FLAGS.ema)
+  translator = load_translator_from_flags(FLAGS.workdir, FLAGS.pretrained, FLAGS.checkpoint,
+                                          FLAGS.ema)
   default_beam, _ = translator.decoding_settings()
   beam_sizes = (_int_list('beam_sizes', FLAGS.beam_sizes) if FLAGS.beam_sizes
                 else tuple(sorted({1, default_beam})))
@@ -118,7 +123,9 @@ def main(argv):
                               timeout_s=FLAGS.timeout_s, batching=FLAGS.batching),
       max_texts=FLAGS.max_texts, max_chars=FLAGS.max_chars)
   host, port = sock.getsockname()[:2]
-  print(f'serving {FLAGS.workdir} ({translator.checkpoint_description}) on http://{host}:{port}/'
+  what = translator.checkpoint_description
+  what = f'{FLAGS.workdir} ({what})' if FLAGS.workdir else what
+  print(f'serving {what} on http://{host}:{port}/'
         f' — compiling {len(engine.shapes())} shapes first (GET /readyz)', file=sys.stderr,
         flush=True)
   server_class = _graceful_server_class()

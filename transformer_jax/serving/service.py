@@ -197,7 +197,7 @@ class Service:
   def model_info(self) -> dict:
     engine, settings = self.engine, self.settings
     translator = engine.translator
-    return {'workdir': translator.workdir.path,
+    return {'workdir': translator.workdir.path if translator.workdir else None,
             'checkpoint': translator.checkpoint_description,
             'config': translator.config.to_dict(),
             'vocab': {'size': engine.vocab.size, 'bos_id': engine.vocab.bos_id,
