@@ -100,6 +100,14 @@ def _initial_carry(b: int, k: int, max_length: int, bos_id: int, state):
           fin_scores_BW, state)
 
 
+def _sentence_done(live_logp_BW, fin_scores_BW, best_possible_lp):
+  """Per sentence: no live hypothesis can beat the worst finished one, even scored with the
+  largest penalty lp(max_length) (or no live hypothesis is left)."""
+  worst_finished_B = fin_scores_BW.min(axis=1)  # -inf while a slot is empty
+  best_live_bound_B = live_logp_BW.max(axis=1) / best_possible_lp
+  return (worst_finished_B > best_live_bound_B) | (best_live_bound_B == NEG_INF)
+
+
 def beam_search_from_step_fn(
     step_fn: StepFn,
     state: Any,
@@ -145,16 +153,11 @@ def beam_search_from_step_fn(
   best_possible_lp = length_penalty(max_length, alpha)
   init = _initial_carry(batch_size, beam_size, max_length, bos_id, state)
 
-  def sentence_done(live_logp_BW, fin_scores_BW):
-    worst_finished_B = fin_scores_BW.min(axis=1)  # -inf while a slot is empty
-    best_live_bound_B = live_logp_BW.max(axis=1) / best_possible_lp
-    return (worst_finished_B > best_live_bound_B) | (best_live_bound_B == NEG_INF)
-
   def cond(carry):
     step, _, live_logp, _, fin_scores, _ = carry
     running = step < max_length
     if stop_early:
-      running &= ~jnp.all(sentence_done(live_logp, fin_scores))
+      running &= ~jnp.all(_sentence_done(live_logp, fin_scores, best_possible_lp))
     return running
 
   body = functools.partial(_extend_beams, step_fn=step_fn, alpha=alpha, eos_id=eos_id)
