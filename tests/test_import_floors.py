@@ -67,31 +67,29 @@ def test_every_import_goes_down_or_stays_on_its_floor():
   assert not violations, '\n'.join(violations)
 
 
-def test_the_model_the_config_check_and_the_registry_load_no_data_checkpoint_or_serving_library():
-  script = ('import sys, transformer_jax, transformer_jax.config_lib\n'
-            'from transformer_jax.data import registry\n'
-            "assert 'multi30k' in registry.dataset_names()\n"
-            "print(sorted(m for m in ('grain', 'tensorflow_datasets', 'orbax', 'tensorflow', "
-            "'fastapi', 'uvicorn', 'starlette', 'transformers', 'torch', 'ctranslate2', "
-            "'safetensors') "
-            'if m in sys.modules))')
+def _loaded_after(imports: str, libraries: tuple[str, ...]) -> list[str]:
+  """Which of `libraries` a fresh interpreter has in sys.modules after running `imports`."""
+  script = f'import sys\n{imports}\nprint(sorted(m for m in {libraries!r} if m in sys.modules))'
   result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
                           timeout=120, cwd=PACKAGE.parent)
   assert result.returncode == 0, result.stderr
-  assert result.stdout.strip() == '[]'
+  return ast.literal_eval(result.stdout.strip())
+
+
+def test_the_model_the_config_check_and_the_registry_load_no_data_checkpoint_or_serving_library():
+  imports = ('import transformer_jax, transformer_jax.config_lib\n'
+             'from transformer_jax.data import registry\n'
+             "assert 'multi30k' in registry.dataset_names()")
+  assert _loaded_after(imports, ('grain', 'tensorflow_datasets', 'orbax', 'tensorflow',
+                                 'fastapi', 'uvicorn', 'starlette', 'transformers', 'torch',
+                                 'ctranslate2', 'safetensors')) == []
 
 
 def test_the_interop_modules_import_their_libraries_only_when_used():
   """The interop extra (transformers, torch, safetensors, ctranslate2) is optional: a Translator
   and every interop module import without it; only reading, writing or converting needs it."""
-  script = ('import sys\n'
-            'from transformer_jax import Translator\n'
-            'from transformer_jax.interop import ctranslate2, marian_export, marian_format, '
-            'marian_import\n'
-            'from transformer_jax.cli import inputs, translate\n'
-            "print(sorted(m for m in ('transformers', 'torch', 'ctranslate2', 'safetensors') "
-            'if m in sys.modules))')
-  result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
-                          timeout=120, cwd=PACKAGE.parent)
-  assert result.returncode == 0, result.stderr
-  assert result.stdout.strip() == '[]'
+  imports = ('from transformer_jax import Translator\n'
+             'from transformer_jax.interop import ctranslate2, marian_export, marian_format, '
+             'marian_import\n'
+             'from transformer_jax.cli import inputs, translate')
+  assert _loaded_after(imports, ('transformers', 'torch', 'ctranslate2', 'safetensors')) == []
