@@ -31,16 +31,9 @@ from benchmarks.train_step import PEAK_N, make_peak_matmul, timed  # noqa: E402
 
 
 def _batches(translator, sentences, batch_size):
-  """[(indices, decode length)] as Translator.translate forms them."""
-  from transformer_jax.decoding.translator import _bucket
-  sources = translator.encode_sources(sentences)
-  order = sorted((i for i, s in enumerate(sources) if s), key=lambda i: len(sources[i]))
-  batches = []
-  for start in range(0, len(order), batch_size):
-    idx = order[start:start + batch_size]
-    src_len = _bucket(max(len(sources[i]) for i in idx))
-    batches.append((idx, min(translator.max_length, _bucket(int(src_len * 1.5) + 10))))
-  return batches
+  """[(indices, decode length)]: the batches Translator.translate makes."""
+  return [(idx, decode_len) for idx, _, decode_len
+          in translator.batches(translator.encode_sources(sentences), batch_size)]
 
 
 def _ours(translator, beam, alpha, batch_size):

@@ -140,6 +140,20 @@ class Translator:
       raise ValueError(f'alpha (the length penalty exponent) must be >= 0, got {alpha!r}')
     return int(beam_size), float(alpha)
 
+  def batches(self, sources: Sequence[list[int]], batch_size: int,
+              max_length: int | None = None) -> list[tuple[list[int], int, int]]:
+    """How `translate` batches encoded sources: [(indices, padded source length, decode
+    length)], non-empty sources sorted by length (less padding), lengths rounded up to 16 (few
+    compiled shapes), the decode length capped at 1.5 · source + 10 and the model's max."""
+    order = sorted((i for i, s in enumerate(sources) if s), key=lambda i: len(sources[i]))
+    cap = self.max_length if max_length is None else min(max_length, self.max_length)
+    batches = []
+    for start in range(0, len(order), batch_size):
+      idx = order[start:start + batch_size]
+      src_len = _bucket(max(len(sources[i]) for i in idx))
+      batches.append((idx, src_len, min(cap, _bucket(int(src_len * 1.5) + 10))))
+    return batches
+
   def translate(self, sentences: Sequence[str], *, beam_size: int | None = None,
                 alpha: float | None = None, batch_size: int = 64,
                 max_length: int | None = None, progress=None) -> list[str]:
@@ -153,15 +167,10 @@ class Translator:
     check_translate_arguments(sentences, batch_size, max_length)
     sources = self.encode_sources(sentences)
     out = [''] * len(sources)
-    order = sorted((i for i, s in enumerate(sources) if s), key=lambda i: len(sources[i]))
-    for start in range(0, len(order), batch_size):
-      idx = order[start:start + batch_size]
-      src_len = _bucket(max(len(sources[i]) for i in idx))
+    for idx, src_len, decode_len in self.batches(sources, batch_size, max_length):
       inputs = np.full((batch_size, src_len), self.vocab.pad_id, np.int32)
       for row, i in enumerate(idx):
         inputs[row, :len(sources[i])] = sources[i]
-      decode_len = min(self.max_length if max_length is None else max_length, self.max_length,
-                       _bucket(int(src_len * 1.5) + 10))
       result = self._decoder(beam_size, alpha, decode_len)(self.params, inputs)
       tokens = np.asarray(jax.device_get(result.tokens_BL))
       for row, i in enumerate(idx):
