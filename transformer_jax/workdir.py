@@ -156,6 +156,23 @@ class WorkDir:
       multihost_utils.sync_global_devices('vocabulary written')
     return vocab if vocab is not None else self.load_vocab()
 
+  def adopt_vocab(self, prepared_vocab: str) -> None:
+    """Copies the vocabulary a dataset was prepared with into the run (atomically); a run that
+    already has another one is refused, since its checkpoints' ids mean other pieces."""
+    import filecmp
+    import shutil
+    if os.path.exists(self.vocab_path):
+      if not filecmp.cmp(self.vocab_path, prepared_vocab, shallow=False):
+        raise WorkDirError(
+            f'{self.vocab_path} differs from {prepared_vocab}, the vocabulary the training '
+            'data were prepared with: train into a new --workdir (or restore the data options '
+            'this run was started with)')
+      return
+    make_directory(self.vocab_dir)
+    tmp = f'{self.vocab_path}.tmp'
+    shutil.copyfile(prepared_vocab, tmp)
+    os.replace(tmp, self.vocab_path)
+
   def load_vocab(self):
     """The run's tokenizer: the joint SentencePiece model, or a Marian one (init_from)."""
     from transformer_jax.data import marian_vocab

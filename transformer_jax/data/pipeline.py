@@ -48,6 +48,11 @@ def check_languages(source: Sequence[Mapping[str, str]], source_lang: str,
   """
   if source_lang == target_lang:
     raise ValueError(f'source and target language are both {source_lang!r}.')
+  if hasattr(source, 'languages'):  # prepared token ids of one direction
+    if tuple(source.languages) != (source_lang, target_lang):
+      raise ValueError(f'The prepared pairs are {"→".join(source.languages)}, not '
+                       f'{source_lang}→{target_lang}.')
+    return source_lang, target_lang
   if len(source):
     have = sorted(source[0])
     missing = [lang for lang in (source_lang, target_lang) if lang not in have]
@@ -96,6 +101,76 @@ def tokenized_pairs(source: Sequence[Mapping[str, str]], vocab: Vocab, *, source
   return (shard.shuffle(seed=seed)
           .repeat(num_epochs)
           .map_with_index(_TokenizeWithPass(vocab, source_lang, target_lang, len(shard))))
+
+
+# Pairs read per ArrayRecord call from a prepared id source: one call per record costs ~1 ms
+# (a whole chunk is read and decompressed), one per 1,024 records ~10 µs a record.
+READ_BLOCK = 1024
+
+
+class _ReadIdBlock(grain.transforms.MapWithIndex):
+  """A block of shuffled indices -> their examples, read in one call (no tokenisation)."""
+
+  def __init__(self, source, bos_id: int, eos_id: int, shard_size: int):
+    self._source, self._bos, self._eos = source, bos_id, eos_id
+    self._shard_size = shard_size
+
+  def map_with_index(self, block_index: int, indices: np.ndarray) -> list[dict]:
+    examples = []
+    first = block_index * READ_BLOCK  # the block's first position in the repeated stream
+    for offset, pair in enumerate(self._source.read(indices)):
+      source_ids, target_ids = pair['source_ids'], pair['target_ids']
+      examples.append({
+          'inputs': np.append(source_ids, np.int32(self._eos)),
+          'decoder_inputs': np.insert(target_ids, 0, np.int32(self._bos)),
+          'targets': np.append(target_ids, np.int32(self._eos)),
+          'pass_index': (first + offset) // self._shard_size})
+    return examples
+
+
+class _UnbatchIterator(grain.DatasetIterator):
+  """Lists of examples -> examples. Its state is the parent's state before the current list
+  and the position in it, so a restored iterator re-reads that list and skips what was given."""
+
+  def __init__(self, parent: grain.DatasetIterator):
+    super().__init__(parent)
+    self._block, self._position = [], 0
+    self._state_before_block = parent.get_state()
+
+  def __next__(self):
+    while self._position >= len(self._block):
+      self._state_before_block = self._parent.get_state()
+      self._block, self._position = next(self._parent), 0
+    self._position += 1
+    return self._block[self._position - 1]
+
+  def get_state(self) -> dict:
+    return {'parent': self._state_before_block, 'position': self._position}
+
+  def set_state(self, state: dict) -> None:
+    self._parent.set_state(state['parent'])
+    self._state_before_block = state['parent']
+    self._block, self._position = [], 0
+    if state['position']:
+      self._block, self._position = next(self._parent), state['position']
+
+
+class _Unbatch(grain.IterDataset):
+
+  def __iter__(self) -> _UnbatchIterator:
+    return _UnbatchIterator(self._parent.__iter__())
+
+
+def _prepared_id_pairs(source, vocab: Vocab, *, seed: int, shard_index: int, shard_count: int,
+                       num_epochs: int | None, read_options) -> grain.IterDataset:
+  """`tokenized_pairs` of a prepared id source (`read(indices)`): shuffled indices are read a
+  block at a time. The order is that of `tokenized_pairs` on the same number of pairs."""
+  shard = grain.MapDataset.range(len(source))[shard_index::shard_count]
+  if len(shard) == 0:
+    raise ValueError(f'Shard {shard_index} of {shard_count} over {len(source)} pairs is empty.')
+  blocks = (shard.shuffle(seed=seed).repeat(num_epochs).batch(READ_BLOCK)
+            .map_with_index(_ReadIdBlock(source, vocab.bos_id, vocab.eos_id, len(shard))))
+  return _Unbatch(blocks.to_iter_dataset(read_options))
 
 
 class NothingFitsError(DataError):
@@ -196,6 +271,7 @@ def make_train_iterator(
     shard_count: int = 1,
     num_epochs: int | None = None,
     num_read_threads: int = 0,
+    num_workers: int = 0,
 ) -> grain.DatasetIterator:
   """An endless (or `num_epochs`-long) iterator of packed [B, max_length] batches.
 
@@ -207,6 +283,8 @@ def make_train_iterator(
     num_epochs: None repeats forever; otherwise the last incomplete batch is dropped.
     num_read_threads: grain reader threads; 0 (read in the consuming thread) is
       fastest for an in-memory source, since tokenising holds the GIL.
+    num_workers: > 0: that many worker processes read, pack and batch (prepared id sources,
+      where there are cores to spare); a state restores only with the same number.
 
   Returns:
     A grain iterator of batches described in the module docstring. `get_state()`
@@ -218,17 +296,26 @@ def make_train_iterator(
   rows_per_batch = batch_tokens // max_length
   if rows_per_batch < 1:
     raise ValueError(f'batch_tokens={batch_tokens} is smaller than max_length={max_length}.')
-  dataset = tokenized_pairs(
-      source, vocab, source_lang=source_lang, target_lang=target_lang, seed=seed,
-      shard_index=shard_index, shard_count=shard_count, num_epochs=num_epochs)
-  dataset = dataset.to_iter_dataset(
-      grain.ReadOptions(num_threads=num_read_threads, prefetch_buffer_size=256))
+  read_options = grain.ReadOptions(num_threads=num_read_threads, prefetch_buffer_size=256)
+  if hasattr(source, 'read'):  # prepared token ids, read a block at a time
+    dataset = _prepared_id_pairs(source, vocab, seed=seed, shard_index=shard_index,
+                                 shard_count=shard_count, num_epochs=num_epochs,
+                                 read_options=read_options)
+  else:
+    dataset = tokenized_pairs(
+        source, vocab, source_lang=source_lang, target_lang=target_lang, seed=seed,
+        shard_index=shard_index, shard_count=shard_count, num_epochs=num_epochs)
+    dataset = dataset.to_iter_dataset(read_options)
   stats = LengthFilterStats(max_length=max_length)
   dataset = _DropLongPairs(dataset, stats)
   dataset = grain.experimental.FirstFitPackIterDataset(
       dataset, length_struct={key: max_length for key in SEQUENCE_KEYS},
       num_packing_bins=PACKING_BINS_PER_ROW * rows_per_batch, seed=seed, shuffle_bins=True)
   dataset = dataset.batch(rows_per_batch, drop_remainder=True).map(_rename_packed)
+  if num_workers:
+    # Each worker process reads, packs and batches its own slice of the (shuffled) blocks;
+    # batches come round-robin. The order depends on num_workers, not on timing.
+    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   iterator = iter(dataset)
   iterator.length_filter = stats
   return iterator

@@ -32,6 +32,8 @@ class DatasetSpec:
   prepared_dir(data_config): where its prepared data lives (a cache; safe to delete).
   fingerprint(data_config) -> {file: digest}: identifies the raw data, so that a resumed run
     notices other data (None: nothing to check).
+  vocab_path(data_config) -> path: for a dataset prepared as token ids, the SentencePiece model
+    they were made with, which the run then uses (None: the run trains its own on 'train').
   """
   name: str
   load_splits: Callable[..., dict[str, Source]]
@@ -39,6 +41,7 @@ class DatasetSpec:
   prepared_dir: Callable[..., str]
   description: str = ''
   fingerprint: Callable[..., dict[str, str]] | None = None
+  vocab_path: Callable[..., str] | None = None
 
 
 _DATASETS: dict[str, DatasetSpec] = {}
@@ -76,6 +79,12 @@ def get_dataset(name: str) -> DatasetSpec:
 def load_splits(data_config, splits: Sequence[str] = (TRAIN, VALIDATION)) -> dict[str, Source]:
   """The splits of `data_config.dataset`, prepared on first use."""
   return get_dataset(data_config.dataset).load_splits(data_config, tuple(splits))
+
+
+def prepared_vocab_path(data_config) -> str | None:
+  """The vocabulary `data_config.dataset` was prepared with, if it tokenises at preparation."""
+  spec = get_dataset(data_config.dataset)
+  return None if spec.vocab_path is None else spec.vocab_path(data_config)
 
 
 def fingerprint(data_config) -> dict[str, str]:

@@ -62,6 +62,18 @@ def load_data(config, workdir: WorkDir, pretrained=None):
     multihost_utils.sync_global_devices('data prepared')
   if not is_chief:
     splits = registry.load_splits(config.data)
+  prepared_vocab = registry.prepared_vocab_path(config.data)
+  if prepared_vocab is not None:  # the records hold ids of the vocabulary they were prepared with
+    if pretrained is not None:
+      raise config_lib.ConfigError(
+          f'config key `init_from` cannot be combined with `data.dataset` = '
+          f'{config.data.dataset!r}: its prepared token ids are of its own vocabulary, not of '
+          'the imported model\'s tokenizer')
+    if is_chief:
+      workdir.adopt_vocab(prepared_vocab)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices('vocabulary copied')
+    return splits, workdir.load_vocab()
   if pretrained is not None:
     from transformer_jax.interop.marian_import import copy_tokenizer
     if is_chief:
@@ -118,7 +130,8 @@ def _build(config, workdir: WorkDir, mesh, make_train_iterator: Callable, lock,
                                    batch_tokens=config.batch_tokens // jax.process_count(),
                                    max_length=config.data.max_length, seed=config.seed,
                                    shard_index=jax.process_index(),
-                                   shard_count=jax.process_count())
+                                   shard_count=jax.process_count(),
+                                   num_workers=config.data.get('num_workers', 0))
   eval_data = pipeline.make_eval_batches(splits[registry.VALIDATION], vocab, source_lang=src,
                                          target_lang=tgt, batch_size=config.eval.batch_size,
                                          max_length=config.data.max_length)
