@@ -159,3 +159,11 @@ def test_init_from_a_bad_directory_names_the_config_key(corpus, tmp_path):
   with pytest.raises(ValueError, match='config key `init_from`.*is not a directory'):
     train(corpus, tmp_path / 'run', init_from=str(tmp_path / 'nowhere'))
   assert not (tmp_path / 'run' / 'config.json').exists()
+
+
+def test_init_from_refuses_lengths_beyond_the_models_positions(corpus, tmp_path):
+  pretrained = tmp_path / 'short_positions'
+  random_marian(pretrained, d_model=32, heads=2, ffn=64, layers=1, max_positions=24)
+  with pytest.raises(ValueError, match=r'`data.max_length` = 32 exceeds the 24 positions'):
+    train(corpus, tmp_path / 'run', init_from=str(pretrained))
+  assert not (tmp_path / 'run' / 'config.json').exists()

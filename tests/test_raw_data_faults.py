@@ -121,8 +121,9 @@ def test_the_fingerprint_follows_content_not_place_and_keys_the_prepared_data(
 
 
 def test_large_files_are_fingerprinted_by_size_and_three_blocks(tmp_path, monkeypatch):
-  monkeypatch.setattr(multi30k, 'FULL_HASH_BYTES', 10)
-  monkeypatch.setattr(multi30k, '_BLOCK', 4)
+  from transformer_jax.data import file_identity
+  monkeypatch.setattr(file_identity, 'FULL_HASH_BYTES', 10)
+  monkeypatch.setattr(file_identity, '_BLOCK', 4)
   path = tmp_path / 'train.en'
   path.write_bytes(b'0123456789abcdefghij')
   first = multi30k.file_digest(path)

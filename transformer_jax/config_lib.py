@@ -61,6 +61,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'config keys `data.source_lang`/`data.target_lang` = {pair} is not a '
                       f'language pair of dataset {config.data.dataset!r}; valid: '
                       f'{", ".join("→".join(p) for p in pairs)}')
+  if config.data.get('num_workers', 0) != 0:
+    _require(config, 'data.num_workers', lambda v: isinstance(v, int) and v >= -1,
+             'must be an integer: 0 (read in the training process), N worker processes, or -1 '
+             '(one per spare core)')
   if config.batch_tokens < config.data.max_length:
     raise ConfigError(f'config key `batch_tokens` = {config.batch_tokens} must be at least '
                       f'`data.max_length` = {config.data.max_length} (one row)')

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 import dataclasses
+import os
 
 from absl import logging
 import grain
 import numpy as np
 
+from transformer_jax.data import id_packing
 from transformer_jax.data.vocab import Vocab
 from transformer_jax.errors import DataError
 
@@ -108,69 +110,12 @@ def tokenized_pairs(source: Sequence[Mapping[str, str]], vocab: Vocab, *, source
 READ_BLOCK = 1024
 
 
-class _ReadIdBlock(grain.transforms.MapWithIndex):
-  """A block of shuffled indices -> their examples, read in one call (no tokenisation)."""
-
-  def __init__(self, source, bos_id: int, eos_id: int, shard_size: int):
-    self._source, self._bos, self._eos = source, bos_id, eos_id
-    self._shard_size = shard_size
-
-  def map_with_index(self, block_index: int, indices: np.ndarray) -> list[dict]:
-    examples = []
-    first = block_index * READ_BLOCK  # the block's first position in the repeated stream
-    for offset, pair in enumerate(self._source.read(indices)):
-      source_ids, target_ids = pair['source_ids'], pair['target_ids']
-      examples.append({
-          'inputs': np.append(source_ids, np.int32(self._eos)),
-          'decoder_inputs': np.insert(target_ids, 0, np.int32(self._bos)),
-          'targets': np.append(target_ids, np.int32(self._eos)),
-          'pass_index': (first + offset) // self._shard_size})
-    return examples
-
-
-class _UnbatchIterator(grain.DatasetIterator):
-  """Lists of examples -> examples. Its state is the parent's state before the current list
-  and the position in it, so a restored iterator re-reads that list and skips what was given."""
-
-  def __init__(self, parent: grain.DatasetIterator):
-    super().__init__(parent)
-    self._block, self._position = [], 0
-    self._state_before_block = parent.get_state()
-
-  def __next__(self):
-    while self._position >= len(self._block):
-      self._state_before_block = self._parent.get_state()
-      self._block, self._position = next(self._parent), 0
-    self._position += 1
-    return self._block[self._position - 1]
-
-  def get_state(self) -> dict:
-    return {'parent': self._state_before_block, 'position': self._position}
-
-  def set_state(self, state: dict) -> None:
-    self._parent.set_state(state['parent'])
-    self._state_before_block = state['parent']
-    self._block, self._position = [], 0
-    if state['position']:
-      self._block, self._position = next(self._parent), state['position']
-
-
-class _Unbatch(grain.IterDataset):
-
-  def __iter__(self) -> _UnbatchIterator:
-    return _UnbatchIterator(self._parent.__iter__())
-
-
-def _prepared_id_pairs(source, vocab: Vocab, *, seed: int, shard_index: int, shard_count: int,
-                       num_epochs: int | None, read_options) -> grain.IterDataset:
-  """`tokenized_pairs` of a prepared id source (`read(indices)`): shuffled indices are read a
-  block at a time. The order is that of `tokenized_pairs` on the same number of pairs."""
-  shard = grain.MapDataset.range(len(source))[shard_index::shard_count]
-  if len(shard) == 0:
-    raise ValueError(f'Shard {shard_index} of {shard_count} over {len(source)} pairs is empty.')
-  blocks = (shard.shuffle(seed=seed).repeat(num_epochs).batch(READ_BLOCK)
-            .map_with_index(_ReadIdBlock(source, vocab.bos_id, vocab.eos_id, len(shard))))
-  return _Unbatch(blocks.to_iter_dataset(read_options))
+def resolve_num_workers(num_workers: int) -> int:
+  """`data.num_workers`: -1 = one worker process per core beyond two (kept for the training
+  step and the main thread), at most 8; none on a 2-core machine."""
+  if num_workers >= 0:
+    return num_workers
+  return max(0, min(8, (os.cpu_count() or 1) - 2))
 
 
 class NothingFitsError(DataError):
@@ -297,23 +242,32 @@ def make_train_iterator(
   if rows_per_batch < 1:
     raise ValueError(f'batch_tokens={batch_tokens} is smaller than max_length={max_length}.')
   read_options = grain.ReadOptions(num_threads=num_read_threads, prefetch_buffer_size=256)
-  if hasattr(source, 'read'):  # prepared token ids, read a block at a time
-    dataset = _prepared_id_pairs(source, vocab, seed=seed, shard_index=shard_index,
-                                 shard_count=shard_count, num_epochs=num_epochs,
-                                 read_options=read_options)
-  else:
-    dataset = tokenized_pairs(
-        source, vocab, source_lang=source_lang, target_lang=target_lang, seed=seed,
-        shard_index=shard_index, shard_count=shard_count, num_epochs=num_epochs)
-    dataset = dataset.to_iter_dataset(read_options)
+  if hasattr(source, 'read'):  # prepared token ids: no tokenising, a packer of its own
+    dataset = id_packing.packed_id_batches(
+        source, rows=rows_per_batch, max_length=max_length, bos_id=vocab.bos_id,
+        eos_id=vocab.eos_id, seed=seed, shard_index=shard_index, shard_count=shard_count,
+        num_epochs=num_epochs, read_block=READ_BLOCK, read_options=read_options)
+    return _iterate(dataset, num_workers, LengthFilterStats(max_length=max_length))
+  dataset = tokenized_pairs(
+      source, vocab, source_lang=source_lang, target_lang=target_lang, seed=seed,
+      shard_index=shard_index, shard_count=shard_count, num_epochs=num_epochs)
+  dataset = dataset.to_iter_dataset(read_options)
   stats = LengthFilterStats(max_length=max_length)
   dataset = _DropLongPairs(dataset, stats)
   dataset = grain.experimental.FirstFitPackIterDataset(
       dataset, length_struct={key: max_length for key in SEQUENCE_KEYS},
       num_packing_bins=PACKING_BINS_PER_ROW * rows_per_batch, seed=seed, shuffle_bins=True)
   dataset = dataset.batch(rows_per_batch, drop_remainder=True).map(_rename_packed)
+  return _iterate(dataset, num_workers, stats)
+
+
+def _iterate(dataset: grain.IterDataset, num_workers: int,
+             stats: LengthFilterStats) -> grain.DatasetIterator:
   if num_workers:
-    # Each worker process reads, packs and batches its own slice of the (shuffled) blocks;
+    from absl import flags
+    if not flags.FLAGS.is_parsed():  # grain's workers read its absl flags (library use, tests)
+      flags.FLAGS(['transformer_jax'], known_only=True)
+    # Each worker process reads, packs and batches its own slice of the shuffled stream;
     # batches come round-robin. The order depends on num_workers, not on timing.
     dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   iterator = iter(dataset)

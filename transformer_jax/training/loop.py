@@ -168,6 +168,11 @@ def _finish(run: Run, evaluator: Evaluator, writer: MetricsWriter, stopped_by, e
 def _evaluate_average(run: Run, evaluator: Evaluator) -> dict:
   """Validation scores of the mean params of the last `average_last_n` checkpoints."""
   n, params_sh = run.config.average_last_n, jax.tree.map(lambda x: x.sharding, run.state.params)
+  kept = len(run.checkpointer.all_steps())
+  if kept < n:  # a short run (or a time limit) saved fewer: average those it has
+    logging.warning('average_last_n=%d, but the run keeps %d checkpoints: averaging %d', n,
+                    kept, kept)
+    n = kept
   target = sharding.with_shardings(run.state.params, params_sh)
   params, description = select_params(run.checkpointer, target, f'average:{n}')
   results = evaluator.evaluate(jax.device_put(params, params_sh))

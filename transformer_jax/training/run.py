@@ -98,6 +98,15 @@ def build_run(config, workdir: str, *,
     except UserError as e:
       raise config_lib.ConfigError(f'config key `init_from` = {config.init_from!r}: {e}') from None
     config = with_architecture(config, pretrained)
+    for key in ('data.max_length', 'eval.max_decode_length'):
+      section, field = key.split('.')
+      if config[section][field] > pretrained.max_positions:
+        # Our sinusoids would run, but the exported model could not: transformers' and
+        # CTranslate2's position tables end at max_position_embeddings.
+        raise config_lib.ConfigError(
+            f'config key `{key}` = {config[section][field]} exceeds the {pretrained.max_positions}'
+            f' positions of the model in `init_from` = {config.init_from!r} '
+            '(max_position_embeddings): lower it to at most that')
   config_lib.validate(config)
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_rows(config.batch_tokens // config.data.max_length, mesh)
@@ -131,7 +140,8 @@ def _build(config, workdir: WorkDir, mesh, make_train_iterator: Callable, lock,
                                    max_length=config.data.max_length, seed=config.seed,
                                    shard_index=jax.process_index(),
                                    shard_count=jax.process_count(),
-                                   num_workers=config.data.get('num_workers', 0))
+                                   num_workers=pipeline.resolve_num_workers(
+                                       config.data.get('num_workers', 0)))
   eval_data = pipeline.make_eval_batches(splits[registry.VALIDATION], vocab, source_lang=src,
                                          target_lang=tgt, batch_size=config.eval.batch_size,
                                          max_length=config.data.max_length)

@@ -11,6 +11,7 @@ import hashlib
 import os
 from pathlib import Path
 
+from transformer_jax.data.file_identity import file_digest
 from transformer_jax.data.registry import DatasetSpec, register_dataset
 from transformer_jax.errors import DataError
 
@@ -57,30 +58,6 @@ def resolve_manual_dir(manual_dir: str | os.PathLike | None) -> Path | None:
         f'Multi30k manual directory {path} does not exist. {HOW_TO_PROVIDE}')
   return path
 
-
-
-# Files up to this size are hashed whole; larger ones by their size and three 1 MiB blocks.
-FULL_HASH_BYTES = 64 << 20
-_BLOCK = 1 << 20
-
-
-def file_digest(path: Path) -> str:
-  """'<size>:<sha256>' of the content (no mtime: a copy elsewhere has the same digest).
-
-  A file over FULL_HASH_BYTES is hashed by its first, middle and last MiB: a same-size edit
-  between those blocks of a huge corpus goes unnoticed.
-  """
-  size = path.stat().st_size
-  digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    if size <= FULL_HASH_BYTES:
-      while chunk := f.read(_BLOCK):
-        digest.update(chunk)
-    else:
-      for offset in (0, size // 2, size - _BLOCK):
-        f.seek(offset)
-        digest.update(f.read(_BLOCK))
-  return f'{size}:{digest.hexdigest()}'
 
 
 def fingerprint(data_config) -> dict[str, str]:

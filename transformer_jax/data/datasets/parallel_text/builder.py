@@ -107,23 +107,25 @@ class ScanResult:
   num_pairs: int
   vocab_sample: list[dict[str, str]]
   carved: list[tuple[int, tuple[str, str]]]  # (train stream index, (source, target))
+  vocab_sample_pairs: int = 0
 
 
 def scan(plan: PreparationPlan) -> ScanResult:
   """Pass 1: checks every training pair and draws the samples (see the module docstring)."""
   sample = _Reservoir(plan.input_sentence_size // 2, plan.sample_seed)
   carve = _Reservoir(0 if plan.validation else plan.validation_size, plan.sample_seed + 1)
-  count = 0
+  count = non_empty = 0
   for index, (source, target) in enumerate(_train_pairs(plan)):
     count += 1
     if source.strip() and target.strip():
+      non_empty += 1
       carve.offer(index, (source, target))
       sample.offer(index, (source, target))
-  if not plan.validation and count and len(carve.items()) < plan.validation_size:
+  if not plan.validation and count and plan.validation_size >= non_empty:
     raise ParallelTextError(
         f'config key `data.validation_size` = {plan.validation_size} is not less than the '
-        f'{count} training pairs of {", ".join(map(str, plan.train))}; give validation files '
-        '(`data.validation_files`) or carve fewer')
+        f'{non_empty} training pairs of {", ".join(map(str, plan.train))}; give validation '
+        'files (`data.validation_files`) or carve fewer')
   if not count:
     raise ParallelTextError(f'no training pairs in {", ".join(map(str, plan.train))}')
   vocab_sample = [dict(zip(plan.languages, pair)) for _, pair in sample.items()]
@@ -156,10 +158,20 @@ class ParallelText(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    return {split: self._generate_examples(split) for split in ('train', 'validation')}
+    # The train split is written as parts of TRAIN_PART_LINES lines each: TFDS holds a split's
+    # records in memory up to 1 GB, and past that spills them through tf.io.gfile (TensorFlow).
+    # A part stays well below it; TokenIdPairs reads the parts as one split.
+    parts = train_part_names(self._scan.num_pairs)
+    self._stream = _PartedStream(self._train_examples())
+    return {**{name: self._generate_examples(name) for name in parts},
+            'validation': self._generate_examples('validation')}
 
   def _generate_examples(self, split: str):
-    return self._train_examples() if split == 'train' else self._validation_examples()
+    if split == 'validation':
+      return self._validation_examples()
+    # Parts are written one after the other, in order, from one pass over the files.
+    part = int(split.removeprefix(TRAIN_PART_PREFIX))
+    return self._stream.take_until((part + 1) * TRAIN_PART_LINES)
 
   def _record(self, source: str, target: str, source_ids, target_ids, *, text: bool) -> dict:
     src, tgt = self._plan.languages
@@ -172,6 +184,9 @@ class ParallelText(tfds.core.GeneratorBasedBuilder):
     pair_filter = PairFilter(plan.max_length, plan.max_length_ratio, plan.drop_duplicates)
     for _, (source, target) in self._scan.carved:
       pair_filter.forbid(source, target)
+    for corpus_file in plan.validation:  # no training copy of a validation pair
+      for source, target in corpus_file.pairs(plan.source_lang, plan.target_lang):
+        pair_filter.forbid(source, target)
     chunk: list[tuple[int, str, str]] = []
 
     def flush():
@@ -216,6 +231,37 @@ class ParallelText(tfds.core.GeneratorBasedBuilder):
                  empty)
 
 
+TRAIN_PART_PREFIX = 'train_'
+TRAIN_PART_LINES = 500_000  # lines of the raw corpus per part: < 0.5 GB of records
+
+
+def train_part_names(num_lines: int) -> list[str]:
+  return [f'{TRAIN_PART_PREFIX}{k:03d}' for k in range(max(1, -(-num_lines // TRAIN_PART_LINES)))]
+
+
+class _PartedStream:
+  """One ordered stream of (line index, record), handed out as consecutive parts."""
+
+  def __init__(self, stream: Iterator[tuple[int, dict]]):
+    self._stream, self._held = stream, None
+
+  def take_until(self, end: int) -> Iterator[tuple[int, dict]]:
+    taken = 0
+    while True:
+      if self._held is None:
+        self._held = next(self._stream, None)
+      if self._held is None or self._held[0] >= end:
+        break
+      item, self._held = self._held, None
+      taken += 1
+      yield item
+    if not taken:  # TFDS cannot write an empty split
+      raise ParallelTextError(
+          f'lines {end - TRAIN_PART_LINES + 1}–{end} of the training corpus kept no pair after '
+          'the filters (see the counts logged above): check those lines of the files, or '
+          'loosen `data.max_length` / `data.max_length_ratio`')
+
+
 def _builder(plan: PreparationPlan, prepared_dir: Path, **kwargs) -> ParallelText:
   return ParallelText(plan=plan, data_dir=os.fspath(prepared_dir), file_format='array_record',
                       **kwargs)
@@ -253,11 +299,13 @@ def prepare(plan: PreparationPlan, prepared_dir: str | os.PathLike) -> ParallelT
       logging.info('Training the vocabulary on %d sampled pairs', len(scan_result.vocab_sample))
       vocab = train_vocab(scan_result.vocab_sample, vocab_path, vocab_size=plan.vocab_size,
                           languages=plan.languages, max_sentences=plan.input_sentence_size)
+    scan_result.vocab_sample_pairs = len(scan_result.vocab_sample)
+    scan_result.vocab_sample = []  # up to input_sentence_size sentences: free them before writing
     builder = _builder(plan, prepared_dir, vocab=vocab, scan_result=scan_result)
     with tempfile.TemporaryDirectory(dir=prepared_dir, prefix='.downloads-') as download_dir:
       builder.download_and_prepare(file_format='array_record', download_dir=download_dir)
   except OSError as e:
-    if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+    if not _disk_full(e):
       raise
     _remove_leftovers(prepared_dir)
     raise ParallelTextError(
@@ -268,9 +316,19 @@ def prepare(plan: PreparationPlan, prepared_dir: str | os.PathLike) -> ParallelT
   return builder
 
 
+def _disk_full(error: BaseException | None) -> bool:
+  """Whether `error` or what caused it is ENOSPC / EDQUOT (TFDS re-raises without the errno)."""
+  while error is not None:
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
 def _write_stats(prepared_dir: Path, scan_result: ScanResult, filter_stats: dict) -> None:
-  stats = {'train_lines': scan_result.num_pairs, 'vocab_sample_pairs':
-           len(scan_result.vocab_sample), 'carved_for_validation': len(scan_result.carved),
+  stats = {'train_lines': scan_result.num_pairs,
+           'vocab_sample_pairs': scan_result.vocab_sample_pairs,
+           'carved_for_validation': len(scan_result.carved),
            **filter_stats}
   tmp = prepared_dir / f'.{STATS_FILENAME}.tmp'
   tmp.write_text(json.dumps(stats, indent=2) + '\n')
@@ -282,10 +340,14 @@ def preparation_stats(prepared_dir: str | os.PathLike) -> dict:
   return json.loads((Path(prepared_dir) / STATS_FILENAME).read_text())
 
 
+def _version_dir(prepared_dir) -> Path:
+  return Path(prepared_dir) / BUILDER_NAME / str(ParallelText.VERSION)
+
+
 def data_source(prepared_dir: str | os.PathLike, split: str):
   """TFDS's random-access source of a prepared split, read from its files alone (no plan)."""
-  version_dir = Path(prepared_dir) / BUILDER_NAME / str(ParallelText.VERSION)
-  return tfds.builder_from_directory(os.fspath(version_dir)).as_data_source(split=split)
+  return tfds.builder_from_directory(os.fspath(_version_dir(prepared_dir))).as_data_source(
+      split=split)
 
 
 def _parse_ids(record: bytes, keys: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
@@ -296,10 +358,11 @@ def _parse_ids(record: bytes, keys: tuple[str, str]) -> tuple[np.ndarray, np.nda
 
 
 class TokenIdPairs(Sequence):
-  """Random access to `{'source_ids': int32 [S], 'target_ids': int32 [T]}` (no BOS/EOS).
+  """Random access to `{'source_ids': int32 [S], 'target_ids': int32 [T]}` (no BOS/EOS) of
+  the prepared train parts, as one sequence in file order.
 
-  `read(indices)` reads many records in one ArrayRecord call: a single record read costs
-  ~1 ms (a whole chunk is read and decompressed), a batched one ~10 µs.
+  `read(indices)` reads many records in few ArrayRecord calls (one per part touched): a single
+  record read costs ~1 ms (a whole chunk is read and decompressed), a batched one ~10 µs.
   """
 
   def __init__(self, prepared_dir: str | os.PathLike, split: str, source_lang: str,
@@ -307,19 +370,28 @@ class TokenIdPairs(Sequence):
     self.prepared_dir, self.split = os.fspath(prepared_dir), split
     self.languages = (source_lang, target_lang)
     self._keys = (ids_feature(source_lang), ids_feature(target_lang))
-    self._records = None
-    self._length = len(self._open())
+    self._parts = None
+    self._offsets = np.cumsum([0] + [len(p) for p in self._open()])
 
-  def _open(self):
-    if self._records is None:
-      self._records = data_source(self.prepared_dir, self.split).data_source  # raw bytes
-    return self._records
+  def _open(self) -> list:
+    if self._parts is None:
+      info = tfds.builder_from_directory(os.fspath(_version_dir(self.prepared_dir))).info
+      names = sorted(n for n in info.splits if n.startswith(TRAIN_PART_PREFIX))
+      self._parts = [data_source(self.prepared_dir, n).data_source for n in names]  # raw bytes
+    return self._parts
 
   def __len__(self) -> int:
-    return self._length
+    return int(self._offsets[-1])
 
   def read(self, indices: Sequence[int]) -> list[dict[str, np.ndarray]]:
-    records = self._open().__getitems__([int(i) for i in indices])
+    indices = np.asarray(indices, np.int64).reshape(-1)
+    parts = np.searchsorted(self._offsets, indices, side='right') - 1
+    records = [None] * len(indices)
+    for part in np.unique(parts):
+      where = np.flatnonzero(parts == part)
+      local = (indices[where] - self._offsets[part]).tolist()
+      for position, record in zip(where, self._open()[part].__getitems__(local)):
+        records[position] = record
     return [dict(zip(('source_ids', 'target_ids'), _parse_ids(r, self._keys))) for r in records]
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
@@ -329,7 +401,7 @@ class TokenIdPairs(Sequence):
 
   # Worker processes reopen the files.
   def __getstate__(self) -> dict:
-    return {k: v for k, v in self.__dict__.items() if k != '_records'} | {'_records': None}
+    return {k: v for k, v in self.__dict__.items() if k != '_parts'} | {'_parts': None}
 
   def __repr__(self) -> str:
     return f'TokenIdPairs({self.split}, {len(self)} pairs, {"→".join(self.languages)})'
