@@ -24,7 +24,7 @@ from transformer_jax.data.registry import DatasetSpec, register_dataset
 NAME = 'parallel_text'
 # Config keys (with the defaults of transformer_jax/configs/multi30k.py) this dataset reads.
 OPTION_DEFAULTS = {'train_files': (), 'validation_files': (), 'validation_size': 0,
-                   'input_sentence_size': 1_000_000, 'sample_seed': 0, 'max_length_ratio': 3.0,
+                   'input_sentence_size': 500_000, 'sample_seed': 0, 'max_length_ratio': 3.0,
                    'drop_duplicates': True}
 
 
