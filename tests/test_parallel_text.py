@@ -169,32 +169,34 @@ def test_a_changed_file_is_prepared_anew_and_the_old_records_are_kept(tmp_path):
 
 
 def test_an_interrupted_preparation_is_redone_not_read(tmp_path):
-  """SIGKILL in the middle of writing, then prepare again: the same records as a clean run."""
-  many = ptf.pairs(30_000)
+  """SIGKILL after the first part of the records is written, then prepare again: the same
+  records as a clean run, and nothing of the killed one left."""
+  many = ptf.pairs(6000)
   files = [ptf.write_pair(tmp_path, 'train', many)]
-  config = ptf.config(tmp_path / 'tfds', files, validation_size=50, max_length=32)
+  config = ptf.config(tmp_path / 'tfds', files, validation_size=50)
   prepared = Path(registry.get_dataset('parallel_text').prepared_dir(config.data))
   script = (f'import sys; sys.path[:0] = {sys.path!r}\n'
             'import parallel_text_fixture as ptf\n'
             'from transformer_jax.data import registry\n'
-            f'c = ptf.config({str(tmp_path / "tfds")!r}, {files!r}, validation_size=50, '
-            'max_length=32)\n'
+            'from transformer_jax.data.datasets.parallel_text import builder\n'
+            'builder.TRAIN_PART_LINES = 1000  # parts are written early, the rest later\n'
+            f'c = ptf.config({str(tmp_path / "tfds")!r}, {files!r}, validation_size=50)\n'
             'registry.load_splits(c.data)\n')
   child = subprocess.Popen([sys.executable, '-c', script], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
   deadline = time.time() + 120
-  while not list((prepared / 'parallel_text').glob('incomplete.*/*train*')):
+  while not list((prepared / 'parallel_text').glob('incomplete.*/*train_000*')):
     assert time.time() < deadline and child.poll() is None, 'the child wrote no records'
-    time.sleep(0.05)
+    time.sleep(0.02)
   child.send_signal(signal.SIGKILL)
   child.wait()
   assert not (prepared / 'parallel_text' / '1.0.0').exists()
   splits, _ = _load(config)
   assert not list((prepared / 'parallel_text').glob('incomplete.*'))
-  clean, _ = _load(ptf.config(tmp_path / 'clean', files, validation_size=50, max_length=32))
-  assert len(splits['train']) == len(clean['train']) > 0
-  indices = range(0, len(clean['train']), 997)
-  for a, b in zip(splits['train'].read(indices), clean['train'].read(indices)):
+  clean, _ = _load(ptf.config(tmp_path / 'clean', files, validation_size=50))
+  assert len(splits['train']) == len(clean['train']) > 5000
+  every = range(len(clean['train']))
+  for a, b in zip(splits['train'].read(every), clean['train'].read(every)):
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
