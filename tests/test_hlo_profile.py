@@ -1,4 +1,5 @@
-"""benchmarks/profile_step.py: HLO parsing and categories (the trace itself is a benchmark run)."""
+"""benchmarks/hlo_profile.py (what profile_step.py and profile_flax_wmt_step.py share): HLO parsing
+and categories (the trace itself is a benchmark run)."""
 import sys
 from pathlib import Path
 
@@ -6,7 +7,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))  # for `benchmarks`
 
-from benchmarks.profile_step import categorise, instruction_ops, parse_hlo  # noqa: E402
+from benchmarks.hlo_profile import categorise, instruction_ops, parse_hlo  # noqa: E402
 
 # Cut from a real train step's compiled.as_text() (S preset, vocab 8192), metadata removed.
 HLO = """
