@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from transformer_jax.errors import DataError
+from transformer_jax.text_files import iter_lines
 
 # File name suffix -> opener. Anything else ending like a compression suffix is refused.
 _OPENERS = {'.gz': gzip.open, '.xz': lzma.open, '.bz2': bz2.open}
@@ -58,20 +59,13 @@ def language_of(path: str | os.PathLike) -> str | None:
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-  """(1-based line number, text) of a UTF-8 file, split on '\n' only (as text_files does)."""
+  """(1-based line number, text) of a UTF-8 file, decoded as every reader here decodes
+  (`text_files.iter_lines`), streamed."""
   try:
     with open_text(path) as f:
-      number = 0
-      for number, raw in enumerate(f, start=1):
-        if number == 1 and raw.startswith(b'\xef\xbb\xbf'):
-          raw = raw[3:]
-        try:
-          line = raw.decode('utf-8')
-        except UnicodeDecodeError as e:
-          raise ParallelTextError(
-              f'{path}: line {number} is not valid UTF-8 ({e.reason} at byte {e.start}); '
-              're-encode the file as UTF-8') from None
-        yield number, line.rstrip('\n').removesuffix('\r')
+      yield from enumerate(iter_lines(f, str(path)), start=1)
+  except ValueError as e:  # bad UTF-8, named by file and line
+    raise ParallelTextError(str(e)) from None
   except (OSError, EOFError, lzma.LZMAError) as e:
     if isinstance(e, FileNotFoundError):
       raise
