@@ -17,6 +17,7 @@ import parallel_text_fixture as ptf
 from transformer_jax.data import pipeline, registry
 from transformer_jax.data.datasets import parallel_text
 from transformer_jax.data.datasets.parallel_text import builder
+from transformer_jax.data.datasets.parallel_text import prepared as prepared_format
 from transformer_jax.data.vocab import Vocab
 
 PAIRS = ptf.pairs(400)
@@ -84,7 +85,7 @@ def test_records_hold_ids_that_decode_to_the_normalised_text_in_file_order(plain
   record = splits['train'].read([0])[0]
   assert set(record) == {'source_ids', 'target_ids'} and record['source_ids'].dtype == np.int32
   # the train records carry no text; the validation split is text, in file order
-  raw = builder.data_source(prepared, 'train_000')[0]
+  raw = prepared_format.data_source(prepared, 'train_000')[0]
   assert raw['text_fr'] == b'' and raw['text_cs'] == b''
   assert [(p['fr'], p['cs']) for p in splits['validation']] == VALIDATION
   assert splits['train'].languages == ('fr', 'cs')

@@ -5,7 +5,7 @@
     config.data.train_files = [('corpus.fr.gz', 'corpus.cs.gz')]   # or 'train.tsv'
     config.data.validation_files = [('dev.fr', 'dev.cs')]          # or carve data.validation_size
 
-Prepared once (builder.py: streamed, a sampled SentencePiece model, token ids in ArrayRecord
+Prepared once (scan.py, builder.py: streamed, a sampled SentencePiece model, token ids in ArrayRecord
 through TFDS) into a directory keyed by the raw files' identity and every option that changes
 the records, so changed files are prepared anew, never mixed with old records. The vocabulary
 is the prepared data's (its ids are in the records): a run copies it into its work directory.
@@ -38,7 +38,7 @@ def preparation_plan(data_config):
   Raises:
     ParallelTextError (a ConfigError's sibling): naming the config key or the file.
   """
-  from transformer_jax.data.datasets.parallel_text.builder import PreparationPlan
+  from transformer_jax.data.datasets.parallel_text.scan import PreparationPlan
   src, tgt = data_config.source_lang, data_config.target_lang
   train = corpus_files(_option(data_config, 'train_files'), 'data.train_files')
   validation = corpus_files(_option(data_config, 'validation_files'), 'data.validation_files')
@@ -77,7 +77,10 @@ def preparation_plan(data_config):
 def fingerprint(data_config) -> dict[str, str]:
   """{'<split>[i]:<side>': '<file name> <digest>'} of every corpus file: a resumed run refuses
   other data."""
-  plan = preparation_plan(data_config)
+  return _fingerprint(preparation_plan(data_config))
+
+
+def _fingerprint(plan) -> dict[str, str]:
   prints = {}
   for split, files in (('train', plan.train), ('validation', plan.validation)):
     for i, corpus_file in enumerate(files):
@@ -87,22 +90,20 @@ def fingerprint(data_config) -> dict[str, str]:
   return prints
 
 
-def _preparation_key(data_config) -> str:
-  """Digest of the raw files and of every option that changes the prepared records."""
-  plan = preparation_plan(data_config)
-  options = {k: getattr(plan, k) for k in ('validation_size', 'vocab_size',
-                                            'input_sentence_size', 'sample_seed', 'max_length',
-                                            'max_length_ratio', 'drop_duplicates')}
-  key = repr((plan.languages, sorted(fingerprint(data_config).items()), sorted(options.items())))
-  return hashlib.sha1(key.encode()).hexdigest()[:12]
-
-
 def prepared_dir(data_config) -> str:
   """`<base>/parallel_text_<key>`, base = `data.data_dir` or $TFDS_DATA_DIR or
   ~/tensorflow_datasets; the key is the raw files' identity and the preparation options."""
+  return _prepared_dir(data_config, preparation_plan(data_config))
+
+
+def _prepared_dir(data_config, plan) -> str:
+  options = {k: getattr(plan, k) for k in ('validation_size', 'vocab_size',
+                                            'input_sentence_size', 'sample_seed', 'max_length',
+                                            'max_length_ratio', 'drop_duplicates')}
+  key = repr((plan.languages, sorted(_fingerprint(plan).items()), sorted(options.items())))
   base = (data_config.data_dir or os.environ.get('TFDS_DATA_DIR')
           or os.path.expanduser('~/tensorflow_datasets'))
-  return os.path.join(base, f'{NAME}_{_preparation_key(data_config)}')
+  return os.path.join(base, f'{NAME}_{hashlib.sha1(key.encode()).hexdigest()[:12]}')
 
 
 def vocab_path(data_config) -> str:
@@ -113,16 +114,17 @@ def vocab_path(data_config) -> str:
 
 def load_splits(data_config, splits) -> dict:
   """'train': TokenIdPairs (ids of the config's direction); 'validation': TextPairs."""
-  from transformer_jax.data.datasets.parallel_text import builder
-  directory = prepared_dir(data_config)
-  builder.prepare(preparation_plan(data_config), directory)
+  from transformer_jax.data.datasets.parallel_text import builder, prepared
+  plan = preparation_plan(data_config)
+  directory = _prepared_dir(data_config, plan)
+  builder.prepare(plan, directory)
   src, tgt = data_config.source_lang, data_config.target_lang
   loaded = {}
   for split in splits:
     if split == 'train':
-      loaded[split] = builder.TokenIdPairs(directory, split, src, tgt)
+      loaded[split] = prepared.TokenIdPairs(directory, split, src, tgt)
     elif split == 'validation':
-      loaded[split] = builder.TextPairs(directory, split, src, tgt)
+      loaded[split] = prepared.TextPairs(directory, split, src, tgt)
     else:
       raise ParallelTextError(f'parallel_text has the splits train and validation, not '
                               f'{split!r}; score a test set with translate.py --input/--reference')

@@ -1,11 +1,11 @@
-"""Preparing parallel text into ArrayRecord files of token ids (TFDS, no TensorFlow), and
-reading them back.
+"""Preparing parallel text into ArrayRecord files of token ids (TFDS, no TensorFlow); the
+format and its readers are prepared.py.
 
-    plan = PreparationPlan.from_config(data_config)
-    prepare(plan, prepared_dir)  # once; later calls find it complete and return at once
+    plan = preparation_plan(data_config)   # parallel_text/__init__.py: files resolved, checked
+    prepare(plan, prepared_dir)            # once; later calls find it complete and return
 
 Preparation streams the corpus twice and never holds it whole:
-  1. scan: reads every pair (UTF-8 and equal line counts checked before anything is written),
+  1. scan (scan.py): reads every pair (UTF-8 and equal line counts checked before anything is written),
      draws a seeded uniform sample for SentencePiece (`input_sentence_size` sentences) and,
      without validation files, the `validation_size` pairs carved out for validation;
   2. the vocabulary is trained on the sample (`<prepared_dir>/spm.model`);
@@ -17,126 +17,37 @@ an error naming the directory, and the partial output is removed.
 """
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Iterator
 import errno
-import heapq
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
-from tensorflow_datasets.proto import tf_example_pb2
 
-from transformer_jax.data.datasets.parallel_text.corpus_files import (CorpusFile,
-                                                                     ParallelTextError)
+from transformer_jax.data.datasets.parallel_text.corpus_files import ParallelTextError
 from transformer_jax.data.datasets.parallel_text.filters import PairFilter
+from transformer_jax.data.datasets.parallel_text.prepared import (
+    BUILDER_NAME, TRAIN_PART_PREFIX, VERSION as FORMAT_VERSION, ids_feature, text_feature)
+from transformer_jax.data.datasets.parallel_text.scan import (PreparationPlan, ScanResult,
+                                                             scan, train_pairs)
 from transformer_jax.data.vocab import Vocab, train_vocab
+from transformer_jax.text_files import write_text_atomically
 
-BUILDER_NAME = 'parallel_text'
 VOCAB_FILENAME = 'spm.model'
 STATS_FILENAME = 'preparation.json'
 ENCODE_CHUNK = 8192  # pairs tokenised per SentencePiece call
 
 
-@dataclasses.dataclass(frozen=True)
-class PreparationPlan:
-  """What to prepare: the files, the vocabulary's sample, the filters (all of the key)."""
-  source_lang: str
-  target_lang: str
-  train: tuple[CorpusFile, ...]
-  validation: tuple[CorpusFile, ...]
-  validation_size: int
-  vocab_size: int
-  input_sentence_size: int
-  sample_seed: int
-  max_length: int
-  max_length_ratio: float
-  drop_duplicates: bool
-
-  @property
-  def languages(self) -> tuple[str, str]:
-    return self.source_lang, self.target_lang
-
-
-def ids_feature(lang: str) -> str:
-  return f'ids_{lang}'
-
-
-def text_feature(lang: str) -> str:
-  return f'text_{lang}'
-
-
-class _Reservoir:
-  """A seeded uniform sample of `size` items from a stream of unknown length (algorithm R,
-  with random keys: the kept items are those with the `size` largest keys)."""
-
-  def __init__(self, size: int, seed: int):
-    self._size, self._rng, self._heap = size, np.random.default_rng(seed), []
-    self._keys = self._rng.random(1 << 16)
-    self._next_key = 0
-
-  def offer(self, index: int, item) -> None:
-    if self._size <= 0:
-      return
-    if self._next_key == len(self._keys):
-      self._keys, self._next_key = self._rng.random(1 << 16), 0
-    key = float(self._keys[self._next_key])
-    self._next_key += 1
-    if len(self._heap) < self._size:
-      heapq.heappush(self._heap, (key, index, item))
-    elif key > self._heap[0][0]:
-      heapq.heapreplace(self._heap, (key, index, item))
-
-  def items(self) -> list[tuple[int, object]]:
-    """(stream index, item) of the sample, in stream order."""
-    return sorted((index, item) for _, index, item in self._heap)
-
-
-def _train_pairs(plan: PreparationPlan) -> Iterator[tuple[str, str]]:
-  for corpus_file in plan.train:
-    yield from corpus_file.pairs(plan.source_lang, plan.target_lang)
-
-
-@dataclasses.dataclass
-class ScanResult:
-  num_pairs: int
-  vocab_sample: list[dict[str, str]]
-  carved: list[tuple[int, tuple[str, str]]]  # (train stream index, (source, target))
-  vocab_sample_pairs: int = 0
-
-
-def scan(plan: PreparationPlan) -> ScanResult:
-  """Pass 1: checks every training pair and draws the samples (see the module docstring)."""
-  sample = _Reservoir(plan.input_sentence_size // 2, plan.sample_seed)
-  carve = _Reservoir(0 if plan.validation else plan.validation_size, plan.sample_seed + 1)
-  count = non_empty = 0
-  for index, (source, target) in enumerate(_train_pairs(plan)):
-    count += 1
-    if source.strip() and target.strip():
-      non_empty += 1
-      carve.offer(index, (source, target))
-      sample.offer(index, (source, target))
-  if not plan.validation and count and plan.validation_size >= non_empty:
-    raise ParallelTextError(
-        f'config key `data.validation_size` = {plan.validation_size} is not less than the '
-        f'{non_empty} training pairs of {", ".join(map(str, plan.train))}; give validation '
-        'files (`data.validation_files`) or carve fewer')
-  if not count:
-    raise ParallelTextError(f'no training pairs in {", ".join(map(str, plan.train))}')
-  vocab_sample = [dict(zip(plan.languages, pair)) for _, pair in sample.items()]
-  return ScanResult(count, vocab_sample, carve.items())
-
-
 class ParallelText(tfds.core.GeneratorBasedBuilder):
   """Parallel text of two languages as token ids (train) and text + ids (validation)."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Token ids of a joint SentencePiece model; filtered train split.'}
+  VERSION = tfds.core.Version(FORMAT_VERSION)
+  RELEASE_NOTES = {FORMAT_VERSION: 'Token ids of a joint SentencePiece model, filtered train.'}
 
   def __init__(self, *, plan: PreparationPlan, vocab: Vocab | None = None,
                scan_result: ScanResult | None = None, **kwargs):
@@ -182,11 +93,8 @@ class ParallelText(tfds.core.GeneratorBasedBuilder):
   def _train_examples(self):
     plan, carved = self._plan, {index for index, _ in self._scan.carved}
     pair_filter = PairFilter(plan.max_length, plan.max_length_ratio, plan.drop_duplicates)
-    for _, (source, target) in self._scan.carved:
+    for source, target in self._scan.validation:  # no training copy of a validation pair
       pair_filter.forbid(source, target)
-    for corpus_file in plan.validation:  # no training copy of a validation pair
-      for source, target in corpus_file.pairs(plan.source_lang, plan.target_lang):
-        pair_filter.forbid(source, target)
     chunk: list[tuple[int, str, str]] = []
 
     def flush():
@@ -197,7 +105,7 @@ class ParallelText(tfds.core.GeneratorBasedBuilder):
           yield index, self._record(source, target, source_ids, target_ids, text=False)
       chunk.clear()
 
-    for index, (source, target) in enumerate(_train_pairs(plan)):
+    for index, (source, target) in enumerate(train_pairs(plan)):
       if index in carved:
         continue
       chunk.append((index, source, target))
@@ -213,13 +121,8 @@ class ParallelText(tfds.core.GeneratorBasedBuilder):
                  plan.max_length_ratio or 'off', dropped['duplicate'], len(carved))
 
   def _validation_examples(self):
-    plan = self._plan
-    if plan.validation:
-      pairs = (p for f in plan.validation for p in f.pairs(plan.source_lang, plan.target_lang))
-    else:
-      pairs = (pair for _, pair in self._scan.carved)
     kept = empty = 0
-    for index, (source, target) in enumerate(pairs):
+    for index, (source, target) in enumerate(self._scan.validation):
       if not source.strip() or not target.strip():
         empty += 1
         continue
@@ -231,7 +134,6 @@ class ParallelText(tfds.core.GeneratorBasedBuilder):
                  empty)
 
 
-TRAIN_PART_PREFIX = 'train_'
 TRAIN_PART_LINES = 500_000  # lines of the raw corpus per part: < 0.5 GB of records
 
 
@@ -282,24 +184,18 @@ def prepare(plan: PreparationPlan, prepared_dir: str | os.PathLike) -> ParallelT
   builder = _builder(plan, prepared_dir)
   if builder.is_prepared():
     return builder
-  for corpus_file in (*plan.train, *plan.validation):
-    corpus_file.check(plan.source_lang, plan.target_lang)
   _remove_leftovers(prepared_dir)
   prepared_dir.mkdir(parents=True, exist_ok=True)
   logging.info('Preparing parallel text into %s (pass 1: checking and sampling)', prepared_dir)
   scan_result = scan(plan)
-  if plan.validation:  # read whole (validation sets are small): errors before anything is written
-    for corpus_file in plan.validation:
-      sum(1 for _ in corpus_file.pairs(plan.source_lang, plan.target_lang))
   vocab_path = prepared_dir / VOCAB_FILENAME
   try:
     if vocab_path.exists():
       vocab = Vocab(vocab_path)
     else:
-      logging.info('Training the vocabulary on %d sampled pairs', len(scan_result.vocab_sample))
+      logging.info('Training the vocabulary on %d sampled pairs', scan_result.vocab_sample_pairs)
       vocab = train_vocab(scan_result.vocab_sample, vocab_path, vocab_size=plan.vocab_size,
                           languages=plan.languages, max_sentences=plan.input_sentence_size)
-    scan_result.vocab_sample_pairs = len(scan_result.vocab_sample)
     scan_result.vocab_sample = []  # up to input_sentence_size sentences: free them before writing
     builder = _builder(plan, prepared_dir, vocab=vocab, scan_result=scan_result)
     with tempfile.TemporaryDirectory(dir=prepared_dir, prefix='.downloads-') as download_dir:
@@ -330,95 +226,10 @@ def _write_stats(prepared_dir: Path, scan_result: ScanResult, filter_stats: dict
            'vocab_sample_pairs': scan_result.vocab_sample_pairs,
            'carved_for_validation': len(scan_result.carved),
            **filter_stats}
-  tmp = prepared_dir / f'.{STATS_FILENAME}.tmp'
-  tmp.write_text(json.dumps(stats, indent=2) + '\n')
-  os.replace(tmp, prepared_dir / STATS_FILENAME)
+  write_text_atomically(os.fspath(prepared_dir / STATS_FILENAME),
+                        json.dumps(stats, indent=2) + '\n')
 
 
 def preparation_stats(prepared_dir: str | os.PathLike) -> dict:
   """What the preparation counted (lines, sample, kept and dropped per filter), as written."""
   return json.loads((Path(prepared_dir) / STATS_FILENAME).read_text())
-
-
-def _version_dir(prepared_dir) -> Path:
-  return Path(prepared_dir) / BUILDER_NAME / str(ParallelText.VERSION)
-
-
-def data_source(prepared_dir: str | os.PathLike, split: str):
-  """TFDS's random-access source of a prepared split, read from its files alone (no plan)."""
-  return tfds.builder_from_directory(os.fspath(_version_dir(prepared_dir))).as_data_source(
-      split=split)
-
-
-def _parse_ids(record: bytes, keys: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
-  """The two id arrays of one serialized record, without TFDS's generic decoder (~10x faster:
-  this is the training pipeline's per-pair cost)."""
-  feature = tf_example_pb2.Example.FromString(record).features.feature
-  return tuple(np.frombuffer(feature[key].bytes_list.value[0], np.int32) for key in keys)
-
-
-class TokenIdPairs(Sequence):
-  """Random access to `{'source_ids': int32 [S], 'target_ids': int32 [T]}` (no BOS/EOS) of
-  the prepared train parts, as one sequence in file order.
-
-  `read(indices)` reads many records in one parallel ArrayRecord call: a single record read
-  costs ~1 ms (a whole chunk is read), one of 1,024 random records ~10 µs a record.
-  """
-
-  def __init__(self, prepared_dir: str | os.PathLike, split: str, source_lang: str,
-               target_lang: str):
-    self.prepared_dir, self.split = os.fspath(prepared_dir), split
-    self.languages = (source_lang, target_lang)
-    self._keys = (ids_feature(source_lang), ids_feature(target_lang))
-    self._records = None
-    self._length = len(self._open())
-
-  def _open(self):
-    """One ArrayRecord source over every shard of every part, in file order: a block of
-    random reads then runs in one parallel call (per part, ~113 of 1,024 records each, the
-    reads cost 4–5x more)."""
-    if self._records is None:
-      from array_record.python.array_record_data_source import ArrayRecordDataSource
-      info = tfds.builder_from_directory(os.fspath(_version_dir(self.prepared_dir))).info
-      names = sorted(n for n in info.splits if n.startswith(TRAIN_PART_PREFIX))
-      paths = [os.fspath(p) for n in names for p in info.splits[n].filepaths]
-      self._records = ArrayRecordDataSource(paths)
-    return self._records
-
-  def __len__(self) -> int:
-    return self._length
-
-  def read(self, indices: Sequence[int]) -> list[dict[str, np.ndarray]]:
-    records = self._open().__getitems__([int(i) for i in np.asarray(indices).reshape(-1)])
-    return [dict(zip(('source_ids', 'target_ids'), _parse_ids(r, self._keys))) for r in records]
-
-  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    if not -len(self) <= index < len(self):
-      raise IndexError(f'index {index} out of range for {len(self)} pairs')
-    return self.read([index % len(self)])[0]
-
-  # Worker processes reopen the files.
-  def __getstate__(self) -> dict:
-    return {k: v for k, v in self.__dict__.items() if k != '_records'} | {'_records': None}
-
-  def __repr__(self) -> str:
-    return f'TokenIdPairs({self.split}, {len(self)} pairs, {"→".join(self.languages)})'
-
-
-class TextPairs(Sequence):
-  """The evaluation split in file order, `{source_lang: text, target_lang: text}`, in memory."""
-
-  def __init__(self, prepared_dir: str | os.PathLike, split: str, source_lang: str,
-               target_lang: str):
-    source = data_source(prepared_dir, split)
-    keys = {lang: text_feature(lang) for lang in (source_lang, target_lang)}
-    self._pairs = []
-    for start in range(0, len(source), 1024):
-      for record in source.__getitems__(range(start, min(start + 1024, len(source)))):
-        self._pairs.append({lang: record[key].decode('utf-8') for lang, key in keys.items()})
-
-  def __len__(self) -> int:
-    return len(self._pairs)
-
-  def __getitem__(self, index: int) -> Mapping[str, str]:
-    return self._pairs[index]
