@@ -9,8 +9,9 @@ import importlib
 _LAZY = {
     'DatasetSpec': 'registry', 'register_dataset': 'registry', 'get_dataset': 'registry',
     'dataset_names': 'registry', 'load_splits': 'registry',
-    'EvalBatches': 'pipeline', 'LengthFilterStats': 'pipeline', 'check_languages': 'pipeline',
-    'make_eval_batches': 'pipeline', 'make_train_iterator': 'pipeline',
+    'EvalBatches': 'eval_batches', 'LengthFilterStats': 'pipeline',
+    'check_languages': 'pipeline', 'make_eval_batches': 'eval_batches',
+    'make_train_iterator': 'pipeline',
     'tokenize_pair': 'pipeline', 'tokenized_pairs': 'pipeline',
     'Vocab': 'vocab', 'load_or_train_vocab': 'vocab', 'train_vocab': 'vocab',
 }

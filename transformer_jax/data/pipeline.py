@@ -1,6 +1,6 @@
 """Grain input pipelines: packed training batches and ordered evaluation batches.
 
-Training (`make_train_iterator`), per process:
+Training batches (`make_train_iterator`; evaluation batches are eval_batches.py), per process:
 
     source[shard_index::shard_count] -> shuffle (new permutation each epoch)
     -> repeat -> tokenise (map) -> drop pairs longer than max_length (counted)
@@ -110,12 +110,6 @@ def tokenized_pairs(source: Sequence[Mapping[str, str]], vocab: Vocab, *, source
   return (shard.shuffle(seed=seed)
           .repeat(num_epochs)
           .map_with_index(_TokenizeWithPass(vocab, source_lang, target_lang, len(shard))))
-
-
-# Pairs read per ArrayRecord call from a prepared id source. A single record costs ~1 ms (its
-# chunk is read); random reads over WMT14's 18 files cost 40 / 15 / 10 µs a record in blocks of
-# 1,024 / 4,096 / 16,384 (each file's reader pays a fixed cost per call).
-READ_BLOCK = 16384
 
 
 def resolve_num_workers(num_workers: int) -> int:
@@ -254,7 +248,7 @@ def make_train_iterator(
     dataset = id_packing.packed_id_batches(
         source, rows=rows_per_batch, max_length=max_length, bos_id=vocab.bos_id,
         eos_id=vocab.eos_id, seed=seed, shard_index=shard_index, shard_count=shard_count,
-        num_epochs=num_epochs, read_block=READ_BLOCK, read_options=read_options)
+        num_epochs=num_epochs, read_options=read_options)
     return _iterate(dataset, num_workers, LengthFilterStats(max_length=max_length))
   dataset = tokenized_pairs(
       source, vocab, source_lang=source_lang, target_lang=target_lang, seed=seed,
@@ -281,60 +275,3 @@ def _iterate(dataset: grain.IterDataset, num_workers: int,
   iterator = iter(dataset)
   iterator.length_filter = stats
   return iterator
-
-
-@dataclasses.dataclass
-class EvalBatches:
-  """Evaluation data: every example exactly once, in source order.
-
-  `batches[i]` holds the training keys, each [batch_size, max_length] int32 with
-  one sentence per row (segmentation 1 on its tokens), plus `example_mask`
-  [batch_size] (1 = real row, 0 = padding row of the last batch) and
-  `example_index` [batch_size] (row's index into `sources` / `references`, -1 if padding).
-  """
-  batches: list[dict[str, np.ndarray]]
-  sources: list[str]
-  references: list[str]
-  num_truncated: int
-
-
-def make_eval_batches(source: Sequence[Mapping[str, str]], vocab: Vocab, *, source_lang: str,
-                      target_lang: str, batch_size: int, max_length: int) -> EvalBatches:
-  """Fixed-shape batches of `source` in order, one pair per row, the last one padded.
-
-  A side longer than max_length - 1 tokens is truncated before EOS (BOS) is added,
-  so its loss covers a prefix; truncated pairs are counted and logged. References
-  stay untruncated for BLEU.
-  """
-  check_languages(source, source_lang, target_lang)
-  pairs = [source[i] for i in range(len(source))]
-  sources = [pair[source_lang] for pair in pairs]
-  references = [pair[target_lang] for pair in pairs]
-  keep = max_length - 1  # Room for EOS (inputs, targets) or BOS (decoder_inputs).
-  source_ids, target_ids = vocab.encode_batch(sources), vocab.encode_target_batch(references)
-  num_truncated = sum(len(s) > keep or len(t) > keep for s, t in zip(source_ids, target_ids))
-  if num_truncated:
-    logging.warning('Truncated %d of %d evaluation pairs to max_length=%d tokens.',
-                    num_truncated, len(pairs), max_length)
-  padded_size = -(-len(pairs) // batch_size) * batch_size
-  # Token columns padded with the vocabulary's pad id: decoding derives the source mask from it.
-  columns = {key: np.full((padded_size, max_length), vocab.pad_id if key in SEQUENCE_KEYS else 0,
-                          np.int32) for key in (
-      *SEQUENCE_KEYS, 'inputs_segmentation', 'inputs_position',
-      'targets_segmentation', 'targets_position')}
-  for row, (src, tgt) in enumerate(zip(source_ids, target_ids)):
-    inputs, tgt = src[:keep] + [vocab.eos_id], tgt[:keep]
-    columns['inputs'][row, :len(inputs)] = inputs
-    columns['inputs_segmentation'][row, :len(inputs)] = 1
-    columns['inputs_position'][row, :len(inputs)] = np.arange(len(inputs))
-    columns['decoder_inputs'][row, :len(tgt) + 1] = [vocab.bos_id] + tgt
-    columns['targets'][row, :len(tgt) + 1] = tgt + [vocab.eos_id]
-    columns['targets_segmentation'][row, :len(tgt) + 1] = 1
-    columns['targets_position'][row, :len(tgt) + 1] = np.arange(len(tgt) + 1)
-  example_index = np.full(padded_size, -1, np.int32)
-  example_index[:len(pairs)] = np.arange(len(pairs))
-  columns['example_index'] = example_index
-  columns['example_mask'] = (example_index >= 0).astype(np.int32)
-  batches = [{key: value[start:start + batch_size] for key, value in columns.items()}
-             for start in range(0, padded_size, batch_size)]
-  return EvalBatches(batches, sources, references, num_truncated)

@@ -18,7 +18,7 @@ import jax
 from jax.experimental import multihost_utils
 
 from transformer_jax import config_lib, sharding
-from transformer_jax.data import pipeline, registry
+from transformer_jax.data import eval_batches, pipeline, registry
 from transformer_jax.errors import UserError
 from transformer_jax.training.metrics_writer import truncate_metrics
 from transformer_jax.training.train_step import (eval_step, init_train_state, make_optimizer,
@@ -38,7 +38,7 @@ class Run:
   state: Any            # TrainState, sharded over the mesh
   state_shardings: Any
   train_iter: Any       # grain iterator of packed batches (get_state/set_state)
-  eval_data: Any        # pipeline.EvalBatches
+  eval_data: Any        # eval_batches.EvalBatches
   checkpointer: Any
   meta: dict            # train_seconds, best_bleu, vocabulary identity; saved with checkpoints
   dropout_key: jax.Array
@@ -142,9 +142,9 @@ def _build(config, workdir: WorkDir, mesh, make_train_iterator: Callable, lock,
                                    shard_count=jax.process_count(),
                                    num_workers=pipeline.resolve_num_workers(
                                        config.data.get('num_workers', 0)))
-  eval_data = pipeline.make_eval_batches(splits[registry.VALIDATION], vocab, source_lang=src,
-                                         target_lang=tgt, batch_size=config.eval.batch_size,
-                                         max_length=config.data.max_length)
+  eval_data = eval_batches.make_eval_batches(
+      splits[registry.VALIDATION], vocab, source_lang=src, target_lang=tgt,
+      batch_size=config.eval.batch_size, max_length=config.data.max_length)
   checkpointer = workdir.checkpointer(keep=config.keep_checkpoints)
   meta = {'train_seconds': 0.0, 'best_bleu': None, **workdir.vocab_meta(vocab)}
   state, meta = _resume(checkpointer, state, state_sh, train_iter, meta)
