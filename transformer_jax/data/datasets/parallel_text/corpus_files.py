@@ -144,17 +144,16 @@ class CorpusFile:
     columns = (0, 1)
     for number, line in _lines(self.source_path):
       fields = line.split('\t')
-      if number == 1 and set(map(str.strip, fields)) >= {source_lang, target_lang} and len(
-          fields) == 2:
-        columns = tuple(f.strip() for f in fields).index(source_lang), tuple(
-            f.strip() for f in fields).index(target_lang)
-        continue
-      if number == 1 and len(fields) == 2 and all(_LANGUAGE_SUFFIX.match(f.strip())
-                                                  for f in fields):
-        raise ParallelTextError(
-            f'{self.source_path}: line 1 is a header naming languages {fields}, but the config '
-            f'asks for {source_lang!r} → {target_lang!r}; fix `data.source_lang` / '
-            '`data.target_lang` or the header')
+      if number == 1 and len(fields) == 2:
+        names = [f.strip() for f in fields]
+        if set(names) == {source_lang, target_lang}:  # a header naming the columns
+          columns = names.index(source_lang), names.index(target_lang)
+          continue
+        if all(_LANGUAGE_SUFFIX.match(name) for name in names):
+          raise ParallelTextError(
+              f'{self.source_path}: line 1 is a header naming languages {fields}, but the '
+              f'config asks for {source_lang!r} → {target_lang!r}; fix `data.source_lang` / '
+              '`data.target_lang` or the header')
       if len(fields) != 2:
         raise ParallelTextError(
             f'{self.source_path}: line {number} has {len(fields)} tab-separated fields, expected '
