@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 import jax  # noqa: E402
 
 from benchmarks.hlo_profile import parse_hlo, summarise, thunk_times  # noqa: E402
+from transformer_jax.host_memory import reuse_freed_host_memory  # noqa: E402
 from benchmarks.train_step import PRESETS, make_jax_step, model_config, random_batch  # noqa: E402
 
 
@@ -49,7 +50,10 @@ def main(argv=None):
   parser.add_argument('--dropout', type=float, default=0.3)
   parser.add_argument('--trace-dir', default=None, help='keep the trace here (default: a temp dir)')
   parser.add_argument('--top', type=int, default=12, help='slowest instructions listed')
+  parser.add_argument('--system-malloc', action='store_true',
+                      help="glibc's defaults (see train_step.py)")
   args = parser.parse_args(argv)
+  host_memory_reused = False if args.system_malloc else reuse_freed_host_memory()
 
   p = PRESETS[args.preset]
   cfg = model_config(p, dtype=args.dtype, dropout=args.dropout)
@@ -63,7 +67,7 @@ def main(argv=None):
   summary = summarise(thunk_times(trace_dir), calls, bodies, p['vocab_size'], args.steps,
                       args.top)
   print(json.dumps({'preset': args.preset, 'dtype': args.dtype, 'dropout': args.dropout,
-                    'steps': args.steps, **summary, 'trace_dir': trace_dir,
+                    'steps': args.steps, 'host_memory_reused': host_memory_reused, **summary, 'trace_dir': trace_dir,
                     'jax': jax.__version__}))
 
 

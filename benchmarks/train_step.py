@@ -2,7 +2,7 @@
 
     python benchmarks/train_step.py [--preset S|B] [--steps N] [--warmup N] [--dtype float32]
                                     [--dropout 0.1] [--remat] [--compare-torch]
-                                    [--compare-dtype bfloat16]
+                                    [--compare-dtype bfloat16] [--system-malloc]
 
 Presets (random tokens, every row one full sentence: segmentation 1, positions 0..L-1):
     S: vocab 8192, d_model 256, 4 heads, d_ff 1024, 3+3 layers, batch 128 x (32 src, 32 tgt)
@@ -64,6 +64,7 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from transformer_jax.host_memory import reuse_freed_host_memory  # noqa: E402
 from transformer_jax.nn.config import TransformerConfig  # noqa: E402
 from transformer_jax.nn.model import Transformer  # noqa: E402
 from transformer_jax.training.train_step import init_train_state, make_optimizer, train_step  # noqa: E402
@@ -225,7 +226,12 @@ def main(argv=None):
   parser.add_argument('--compare-torch', action='store_true')
   parser.add_argument('--compare-dtype', choices=('float32', 'bfloat16', 'float16'),
                       help='also time a step with this compute dtype, interleaved in this process')
+  parser.add_argument('--system-malloc', action='store_true',
+                      help="leave glibc's defaults: freed step buffers go back to the kernel "
+                      '(the train CLI keeps them: transformer_jax/host_memory.py)')
   args = parser.parse_args(argv)
+  # Before the first computation starts jax's backend, as train.py does.
+  host_memory_reused = False if args.system_malloc else reuse_freed_host_memory()
 
   p = PRESETS[args.preset]
   load_at_start = os.getloadavg()[0]
@@ -294,6 +300,7 @@ def main(argv=None):
       'cpu_count': os.cpu_count(), 'load_avg_1m_start': round(load_at_start, 2),
       'load_avg_1m_end': round(os.getloadavg()[0], 2),
       'xla_flags': os.environ.get('XLA_FLAGS', ''), 'jax': jax.__version__,
+      'host_memory_reused': host_memory_reused,
   }
   if other_s:
     print(f'{args.compare_dtype} step s: {[round(x, 4) for x in other_s]}')

@@ -81,7 +81,11 @@ from transformer_jax.decoding import attention_maps
 from transformer_jax.training import metrics_writer
 from transformer_jax.training.loop import train_and_evaluate
 from transformer_jax.decoding.translator import Translator
+from transformer_jax.host_memory import reuse_freed_host_memory
 
+# On CPU the train step's ~1 GiB of scratch memory would be page-faulted in again every step;
+# this keeps freed memory mapped (~15 % faster steps). It must run before jax's first computation.
+reuse_freed_host_memory()
 SMOKE = os.environ.get('TRANSFORMER_JAX_NOTEBOOK_SMOKE') == '1'  # set by tests/test_notebooks.py
 BACKEND = jax.default_backend()
 FIGURE_DIR = os.environ.get('TRANSFORMER_JAX_FIGURE_DIR', 'figures')

@@ -15,6 +15,7 @@ from ml_collections import config_flags
 
 from transformer_jax import configs
 from transformer_jax.cli.errors import config_override_errors, report_user_errors
+from transformer_jax.host_memory import reuse_freed_host_memory
 
 FLAGS = flags.FLAGS
 
@@ -82,6 +83,8 @@ def resolve_config_argv(argv: list[str]) -> list[str]:
 
 def run() -> None:
   """The console entry point."""
+  # Before anything starts jax's backend: freed step buffers stay mapped (host_memory.py).
+  reuse_freed_host_memory()
   sys.argv = resolve_config_argv(sys.argv)
   # A --config.* override of a key the config lacks fails while the flag is defined or
   # parsed (ml_collections raises KeyError/AttributeError): one line naming it, exit 2.
