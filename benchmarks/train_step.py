@@ -209,6 +209,10 @@ def timed(fn) -> float:
   return time.perf_counter() - start
 
 
+def _minor_faults() -> int:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def _rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
@@ -266,10 +270,12 @@ def main(argv=None):
       for _ in range(max(args.warmup, 1)):
         torch_step()
 
-  matmul_s, step_s, torch_s, other_s = [], [], [], []
+  matmul_s, step_s, torch_s, other_s, faults = [], [], [], [], []
   for _ in range(args.steps):
     matmul_s.extend(timed(matmul) for _ in range(MATMULS_PER_ROUND))
+    faults_before = _minor_faults()
     step_s.append(timed(jax_step))
+    faults.append(_minor_faults() - faults_before)
     if other_step is not None:
       other_s.append(timed(other_step))
     if torch_step is not None:
@@ -300,7 +306,10 @@ def main(argv=None):
       'cpu_count': os.cpu_count(), 'load_avg_1m_start': round(load_at_start, 2),
       'load_avg_1m_end': round(os.getloadavg()[0], 2),
       'xla_flags': os.environ.get('XLA_FLAGS', ''), 'jax': jax.__version__,
+      # Pages first touched during one step (median): ~all of its scratch memory when freed
+      # buffers go back to the kernel, ~0 when they are kept (transformer_jax/host_memory.py).
       'host_memory_reused': host_memory_reused,
+      'minor_faults_per_step': int(statistics.median(faults)),
   }
   if other_s:
     print(f'{args.compare_dtype} step s: {[round(x, 4) for x in other_s]}')

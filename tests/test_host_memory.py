@@ -1,6 +1,6 @@
 """host_memory.reuse_freed_host_memory: freed XLA buffers stay mapped and are reused.
 
-The property: a jitted call whose 64 MiB result is dropped before the next call page-faults
+The property: a jitted call with 64 MiB of scratch memory (a transpose feeding a dot) page-faults
 that memory in again on every call under glibc's defaults (an mmap per buffer), and not at all
 once the setting is applied. Each case runs in a fresh interpreter, since the setting only
 takes before jax starts its backend (which this test process has long done).
@@ -20,18 +20,23 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 BUFFER_PAGES = 64 * 2**20 // 4096
 
 _FAULTS_PER_CALL = textwrap.dedent('''
-    import json, resource, sys
+    import json, resource, sys, time
     from transformer_jax.host_memory import reuse_freed_host_memory
     applied = reuse_freed_host_memory() if sys.argv[1] == 'reuse' else False
     import jax, jax.numpy as jnp
     x = jnp.zeros((16 * 2**20,), jnp.float32)            # 64 MiB
-    add_one = jax.jit(lambda v: v + 1.0)
+    # 64 MiB of XLA temp memory per call (the transposed operand), 64 KiB of result.
+    ones = jnp.ones((4096, 4), jnp.float32)
+    transposed_product = jax.jit(lambda v: (v + 1.0).reshape(4096, 4096).T @ ones)
     for _ in range(3):                                    # compile, first allocations
-        add_one(x).block_until_ready()
+        transposed_product(x).block_until_ready()
     faults = []
     for _ in range(5):
+        # The runtime frees a call's temp memory just after its result is ready: on a loaded
+        # machine the next call could ask before that, and grow the heap instead.
+        time.sleep(0.2)
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        add_one(x).block_until_ready()                    # the result is freed right away
+        transposed_product(x).block_until_ready()
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     print(json.dumps({'applied': applied, 'faults': sorted(faults)[2]}))
 ''')
@@ -50,7 +55,7 @@ def test_freed_buffers_are_reused_instead_of_faulted_in_again():
   system = _faults_per_call('system')
   reused = _faults_per_call('reuse')
   assert not system['applied'] and reused['applied']
-  # glibc's defaults: the 64 MiB result is a fresh mmap each call, every page faulted in.
+  # glibc's defaults: the 64 MiB scratch is a fresh mmap each call, every page faulted in.
   assert system['faults'] > 0.5 * BUFFER_PAGES, system
   assert reused['faults'] < 0.02 * BUFFER_PAGES, reused
 

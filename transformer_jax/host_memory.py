@@ -10,7 +10,9 @@ What. `reuse_freed_host_memory()` asks glibc (`mallopt`) for one arena (`M_ARENA
 `mmap`-backed chunks (`M_MMAP_MAX` 0) and no trimming of the heap top (`M_TRIM_THRESHOLD` at
 its maximum): a freed buffer stays mapped and the next step's request reuses its pages. The cost:
 the process keeps its high-water mark of host memory until it exits (the train step needs it
-back one step later anyway). Numerics do not change; only where the bytes live.
+back one step later anyway). Numerics do not change; only where the bytes live. It covers XLA's
+temp (scratch) memory; a large result that the caller drops is still faulted in anew per call
+(measured: tests/test_host_memory.py), which a train step, whose state is donated, never does.
 
 When. Before jax starts its backend (the first computation, `jax.devices()`, ...): the threads
 XLA starts then attach to their own arenas, which later settings do not reach. `import jax`
