@@ -38,8 +38,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 import jax  # noqa: E402
 
 from benchmarks.hlo_profile import parse_hlo, summarise, thunk_times  # noqa: E402
-from transformer_jax.host_memory import reuse_freed_host_memory  # noqa: E402
 from benchmarks.train_step import PRESETS, make_jax_step, model_config, random_batch  # noqa: E402
+from transformer_jax.host_memory import reuse_freed_host_memory  # noqa: E402
 
 
 def main(argv=None):
@@ -67,8 +67,8 @@ def main(argv=None):
   summary = summarise(thunk_times(trace_dir), calls, bodies, p['vocab_size'], args.steps,
                       args.top)
   print(json.dumps({'preset': args.preset, 'dtype': args.dtype, 'dropout': args.dropout,
-                    'steps': args.steps, 'host_memory_reused': host_memory_reused, **summary, 'trace_dir': trace_dir,
-                    'jax': jax.__version__}))
+                    'steps': args.steps, 'host_memory_reused': host_memory_reused, **summary,
+                    'trace_dir': trace_dir, 'jax': jax.__version__}))
 
 
 if __name__ == '__main__':
